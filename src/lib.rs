@@ -1,0 +1,23 @@
+//! Tower middleware that gives service-to-service HTTP the semantics of
+//! reliable messaging.
+//!
+//! Placeholder: the crate docs are written as the layers land.
+
+#![forbid(unsafe_code)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    unreachable_pub,
+    rust_2018_idioms
+)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod clock;
+pub mod store;
+
+mod id;
+
+pub use id::MessageId;
+
+/// A type-erased error, as tower and hyper use.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
