@@ -81,7 +81,9 @@ impl ManualClock {
     fn lock(&self) -> std::sync::MutexGuard<'_, SystemTime> {
         // A panic while holding this lock cannot leave the time half-written,
         // so a poisoned lock is still safe to read.
-        self.now.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.now
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 

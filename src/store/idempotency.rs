@@ -35,12 +35,7 @@ impl IdempotencyKey {
         let mut hasher = Sha256::new();
         let principal = self.principal.as_deref();
         hasher.update([u8::from(principal.is_some())]);
-        for part in [
-            principal.unwrap_or(""),
-            &self.method,
-            &self.path,
-            &self.key,
-        ] {
+        for part in [principal.unwrap_or(""), &self.method, &self.path, &self.key] {
             hasher.update((part.len() as u64).to_be_bytes());
             hasher.update(part.as_bytes());
         }

@@ -17,6 +17,8 @@ mod message;
 mod notify;
 mod replay;
 
+pub mod memory;
+
 pub use bundle::Store;
 pub use error::{StoreError, StoreErrorKind};
 pub use idempotency::{
