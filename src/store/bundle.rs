@@ -49,8 +49,8 @@ impl Store {
     /// |---|---|
     /// | `memory` | [`memory::MemoryStore`](super::memory::MemoryStore), not durable |
     /// | `sqlite:PATH` | [`sqlite::SqliteStore`](super::sqlite::SqliteStore) (feature `sqlite`) |
-    /// | `postgres://...` | the PostgreSQL store (feature `postgres`) |
-    /// | `redis://...` | the Redis store (feature `redis`) |
+    /// | `postgres://...`, `postgresql://...` | [`postgres::PostgresStore`](super::postgres::PostgresStore) (feature `postgres`), schema `courier` |
+    /// | `redis://...`, `rediss://...` | [`redis::RedisStore`](super::redis::RedisStore) (feature `redis`), key prefix `courier:` |
     ///
     /// # Errors
     ///
@@ -60,6 +60,12 @@ impl Store {
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         let scheme = url.split(':').next().unwrap_or_default();
         match scheme {
+            #[cfg(feature = "postgres")]
+            "postgres" | "postgresql" => Ok(Self::new(
+                super::postgres::PostgresStore::connect(url).await?,
+            )),
+            #[cfg(feature = "redis")]
+            "redis" | "rediss" => Ok(Self::new(super::redis::RedisStore::connect(url).await?)),
             _ => Err(StoreError::new(
                 StoreErrorKind::Invalid,
                 format!(

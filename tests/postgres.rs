@@ -1,0 +1,20 @@
+//! The PostgreSQL store against a real server.
+//!
+//! Runs when `TOWER_COURIER_POSTGRES_URL` names a database, such as
+//! `postgres://postgres@127.0.0.1:5432/test`; every trial uses a fresh
+//! schema. Without the variable every trial is reported as ignored, and
+//! without the `postgres` feature one ignored trial says how to enable it.
+
+#[cfg(feature = "postgres")]
+#[path = "backend/postgres.rs"]
+mod backend;
+mod support;
+
+fn main() {
+    let arguments = libtest_mimic::Arguments::from_args();
+    #[cfg(feature = "postgres")]
+    let trials = backend::trials();
+    #[cfg(not(feature = "postgres"))]
+    let trials = vec![support::feature_missing("postgres")];
+    libtest_mimic::run(&arguments, trials).exit();
+}
