@@ -8,6 +8,9 @@
 #[cfg(feature = "postgres")]
 #[path = "backend/postgres.rs"]
 mod backend;
+#[cfg(feature = "postgres")]
+#[path = "backend/scenarios.rs"]
+mod scenarios;
 mod support;
 
 fn main() {

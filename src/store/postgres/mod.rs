@@ -80,9 +80,9 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::store::{Notifier, StoreError, StoreErrorKind};
 #[cfg(doc)]
 use crate::store::{IdempotencyStore, MessageQueue, NewMessage, ReplayStore};
+use crate::store::{Notifier, StoreError, StoreErrorKind};
 
 use self::sql::Sql;
 use self::writer::EnqueueRequest;

@@ -242,7 +242,9 @@ impl PostgresStore {
         error: Option<&str>,
         outcome: Option<Outcome>,
     ) -> Result<(), StoreError> {
-        let status = outcome.as_ref().map(|outcome| outcome.status.as_u16() as i16);
+        let status = outcome
+            .as_ref()
+            .map(|outcome| outcome.status.as_u16() as i16);
         let body = outcome.as_ref().map(|outcome| outcome.body.as_ref());
         let result = query(&self.shared.sql.finish)
             .bind(lease.id.to_string())

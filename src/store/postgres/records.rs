@@ -157,7 +157,10 @@ impl PostgresStore {
             let swept = query(&shared.sql.replay_sweep).execute(&shared.pool).await;
             match swept {
                 Ok(result) => {
-                    tracing::debug!(deleted = result.rows_affected(), "deleted expired replay nonces");
+                    tracing::debug!(
+                        deleted = result.rows_affected(),
+                        "deleted expired replay nonces"
+                    );
                 }
                 Err(error) => tracing::warn!(%error, "failed to delete expired replay nonces"),
             }
@@ -183,11 +186,7 @@ impl ReplayStore for PostgresStore {
 fn decode_record(row: &PgRow) -> Result<IdempotencyRecord, StoreError> {
     let fail = |error| query_failed("decode an idempotency record", error);
     let fingerprint: Vec<u8> = row.try_get(0).map_err(fail)?;
-    let fingerprint = Fingerprint(
-        fingerprint
-            .try_into()
-            .map_err(|_| corrupt("fingerprint"))?,
-    );
+    let fingerprint = Fingerprint(fingerprint.try_into().map_err(|_| corrupt("fingerprint"))?);
     let token: i64 = row.try_get(1).map_err(fail)?;
     let completed: bool = row.try_get(2).map_err(fail)?;
     let expires_at = from_micros(row.try_get(3).map_err(fail)?);

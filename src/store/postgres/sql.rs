@@ -47,7 +47,11 @@ const MESSAGE_COLUMNS_M: &str = concat!(
 /// Converts bound microseconds since the epoch to `timestamptz`.
 macro_rules! from_micros {
     ($param:literal) => {
-        concat!("(timestamptz 'epoch' + ", $param, " * interval '1 microsecond')")
+        concat!(
+            "(timestamptz 'epoch' + ",
+            $param,
+            " * interval '1 microsecond')"
+        )
     };
 }
 

@@ -46,7 +46,11 @@ impl EncodedMessage {
             &message.path_and_query,
         ];
         let metadata_texts = message.metadata.iter().flat_map(|(k, v)| [k, v]);
-        if texts.into_iter().chain(metadata_texts).any(|text| text.contains('\0')) {
+        if texts
+            .into_iter()
+            .chain(metadata_texts)
+            .any(|text| text.contains('\0'))
+        {
             // PostgreSQL `text` and `jsonb` cannot hold U+0000.
             return Err(invalid(format!(
                 "invalid message {}: queue, destination, path and metadata must not contain NUL",
@@ -131,14 +135,23 @@ pub(super) async fn insert_alone(
 
 /// Runs one insert statement, which commits on its own and notifies
 /// listeners on commit, and returns the ids it inserted.
-async fn insert(shared: &Shared, messages: &[&EncodedMessage]) -> Result<HashSet<String>, StoreError> {
+async fn insert(
+    shared: &Shared,
+    messages: &[&EncodedMessage],
+) -> Result<HashSet<String>, StoreError> {
     let column = |field: fn(&EncodedMessage) -> String| -> Vec<String> {
         messages.iter().map(|message| field(message)).collect()
     };
     let bytes = |field: fn(&EncodedMessage) -> &Vec<u8>| -> Vec<&[u8]> {
-        messages.iter().map(|message| field(message).as_slice()).collect()
+        messages
+            .iter()
+            .map(|message| field(message).as_slice())
+            .collect()
     };
-    let available: Vec<i64> = messages.iter().map(|message| message.available_us).collect();
+    let available: Vec<i64> = messages
+        .iter()
+        .map(|message| message.available_us)
+        .collect();
 
     let rows = query(&shared.sql.insert)
         .bind(&shared.sql.channel)

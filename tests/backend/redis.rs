@@ -1,0 +1,193 @@
+//! Trials of the Redis store: the shared scenarios on its Lua scripts, and
+//! the pub/sub wake-ups only it has.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use libtest_mimic::Trial;
+use tower_courier::store::redis::{RedisOptions, RedisStore};
+use tower_courier::store::{MessageQueue, Store, StoreErrorKind};
+
+use crate::scenarios::*;
+use crate::support::{exclusive_trial, server_url, trial, unique_name};
+
+const VARIABLE: &str = "TOWER_COURIER_REDIS_URL";
+
+/// Returns the Redis trials.
+pub(crate) fn trials() -> Vec<Trial> {
+    let url = server_url(VARIABLE);
+    let url = url.as_deref();
+    vec![
+        scenario("redis_message_round_trips", url, |s| message_round_trips(s)),
+        scenario("redis_duplicate_ids_skipped", url, |s| {
+            duplicate_ids_skipped(s)
+        }),
+        scenario("redis_concurrent_claims_disjoint", url, |s| {
+            concurrent_claims_disjoint(s)
+        }),
+        scenario("redis_expired_lease_fenced", url, |s| {
+            expired_lease_fenced(s)
+        }),
+        scenario("redis_list_count_purge_retry", url, |s| {
+            list_count_purge_retry(s)
+        }),
+        scenario("redis_idempotency_claim_race", url, |s| {
+            idempotency_claim_race(s)
+        }),
+        scenario("redis_idempotency_lifecycle", url, |s| {
+            idempotency_lifecycle(s)
+        }),
+        scenario("redis_idempotency_release_reopens", url, |s| {
+            idempotency_release_reopens(s)
+        }),
+        scenario("redis_replay_insert_race", url, |s| replay_insert_race(s)),
+        trial(
+            "redis_publish_wakes_other_store",
+            url,
+            VARIABLE,
+            publish_wakes_other_store,
+        ),
+        exclusive_trial(
+            "redis_subscriber_survives_kill",
+            url,
+            VARIABLE,
+            subscriber_survives_kill,
+        ),
+        trial(
+            "redis_empty_prefix_rejected",
+            url,
+            VARIABLE,
+            empty_prefix_rejected,
+        ),
+        trial("redis_store_connect_url", url, VARIABLE, store_connect_url),
+    ]
+}
+
+/// Returns a trial that runs a shared scenario on a store with a fresh
+/// key prefix.
+fn scenario<F, Fut>(name: &str, url: Option<&str>, test: F) -> Trial
+where
+    F: FnOnce(Arc<RedisStore>) -> Fut + Send + 'static,
+    Fut: Future<Output = ()>,
+{
+    trial(name, url, VARIABLE, move |url| async move {
+        let store = Arc::new(open(&url).await);
+        test(store).await;
+    })
+}
+
+/// Opens a store with a fresh key prefix.
+async fn open(url: &str) -> RedisStore {
+    let options = RedisOptions::new().prefix(format!("{}:", unique_name("test:")));
+    RedisStore::connect_with(url, options)
+        .await
+        .expect("the test redis server must accept connections")
+}
+
+async fn second_store(url: &str, first: &RedisStore) -> RedisStore {
+    let options = RedisOptions::new().prefix(first.prefix());
+    RedisStore::connect_with(url, options).await.unwrap()
+}
+
+async fn publish_wakes_other_store(url: String) {
+    let listening = open(&url).await;
+    let writing = second_store(&url, &listening).await;
+    let mut subscription = listening.subscribe("outbox");
+    let channel = format!("{}wake", listening.prefix());
+    let mut admin = connection(&url).await;
+    wait_for_subscribers(&mut admin, &channel, 2).await;
+
+    writing.enqueue(vec![message("other")]).await.unwrap();
+    assert!(!subscription.wait(Duration::from_millis(300)).await);
+    writing.enqueue(vec![message("outbox")]).await.unwrap();
+    assert!(subscription.wait(Duration::from_secs(5)).await);
+}
+
+async fn subscriber_survives_kill(url: String) {
+    let mut admin = connection(&url).await;
+    let before = pubsub_client_ids(&mut admin).await;
+    let listening = open(&url).await;
+    let channel = format!("{}wake", listening.prefix());
+    wait_for_subscribers(&mut admin, &channel, 1).await;
+    let ours: Vec<_> = pubsub_client_ids(&mut admin)
+        .await
+        .difference(&before)
+        .copied()
+        .collect();
+    assert_eq!(ours.len(), 1, "exactly one new subscriber must appear");
+
+    let writing = second_store(&url, &listening).await;
+    let mut subscription = listening.subscribe("outbox");
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("ID")
+        .arg(ours[0])
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(killed, 1);
+    // Both stores subscribe; the killed one must come back.
+    wait_for_subscribers(&mut admin, &channel, 2).await;
+
+    // The reconnect itself wakes subscribers; drain that wake-up so the
+    // next one can only come from the published message.
+    while subscription.wait(Duration::from_millis(300)).await {}
+    writing.enqueue(vec![message("outbox")]).await.unwrap();
+    assert!(subscription.wait(Duration::from_secs(5)).await);
+}
+
+async fn connection(url: &str) -> redis::aio::MultiplexedConnection {
+    let client = redis::Client::open(url).unwrap();
+    client.get_multiplexed_async_connection().await.unwrap()
+}
+
+async fn pubsub_client_ids(admin: &mut redis::aio::MultiplexedConnection) -> HashSet<u64> {
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(admin)
+        .await
+        .unwrap();
+    list.lines()
+        .filter_map(|line| line.strip_prefix("id="))
+        .filter_map(|rest| rest.split(' ').next()?.parse().ok())
+        .collect()
+}
+
+/// Waits until `count` clients subscribe to `channel`.
+async fn wait_for_subscribers(
+    admin: &mut redis::aio::MultiplexedConnection,
+    channel: &str,
+    count: i64,
+) {
+    for _ in 0..100 {
+        let (_, subscribers): (String, i64) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(channel)
+            .query_async(admin)
+            .await
+            .unwrap();
+        if subscribers == count {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{channel} did not reach {count} subscribers within 10 s");
+}
+
+async fn empty_prefix_rejected(url: String) {
+    let error = RedisStore::connect_with(&url, RedisOptions::new().prefix(""))
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), StoreErrorKind::Invalid);
+}
+
+async fn store_connect_url(url: String) {
+    let store = Store::connect(&url).await.unwrap();
+    assert!(format!("{store:?}").contains("RedisStore"));
+    let counts = store.queue().counts(&unique_name("q")).await.unwrap();
+    assert_eq!(counts.pending, 0);
+}
