@@ -15,6 +15,9 @@
 pub mod body;
 pub mod clock;
 pub mod store;
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+pub mod testing;
 
 mod id;
 
