@@ -12,8 +12,12 @@
 )]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod body;
 pub mod clock;
 pub mod store;
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+pub mod testing;
 
 mod id;
 

@@ -59,6 +59,7 @@ impl Store {
     /// cannot be opened.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         let scheme = url.split(':').next().unwrap_or_default();
+        #[allow(clippy::match_single_binding)]
         match scheme {
             #[cfg(feature = "postgres")]
             "postgres" | "postgresql" => Ok(Self::new(

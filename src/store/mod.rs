@@ -10,6 +10,8 @@
 //! URL such as `sqlite:courier.db` or `memory`.
 
 mod bundle;
+// The backends that encode headers land behind features.
+#[allow(dead_code)]
 mod codec;
 mod error;
 mod idempotency;
