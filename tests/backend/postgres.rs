@@ -84,8 +84,20 @@ where
 {
     trial(name, url, VARIABLE, move |url| async move {
         let store = Arc::new(open(&url).await);
+        let pool = store.pool().clone();
+        let schema = store.schema().to_owned();
         test(store).await;
+        drop_schema(&pool, &schema).await;
     })
+}
+
+/// Drops a trial's schema, so passing trials leave nothing.
+async fn drop_schema(pool: &sqlx::PgPool, schema: &str) {
+    let sql = format!("DROP SCHEMA {schema} CASCADE");
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .execute(pool)
+        .await
+        .unwrap();
 }
 
 /// Opens a store in a fresh schema.

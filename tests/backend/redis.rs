@@ -74,16 +74,37 @@ where
 {
     trial(name, url, VARIABLE, move |url| async move {
         let store = Arc::new(open(&url).await);
+        let prefix = store.prefix().to_owned();
         test(store).await;
+        delete_keys(&url, &prefix).await;
     })
 }
 
-/// Opens a store with a fresh key prefix.
+/// Opens a store with a fresh key prefix, under `TOWER_COURIER_REDIS_PREFIX`
+/// when set (as CI sets it, to delete a run's keys afterwards).
 async fn open(url: &str) -> RedisStore {
-    let options = RedisOptions::new().prefix(format!("{}:", unique_name("test:")));
+    let root = std::env::var("TOWER_COURIER_REDIS_PREFIX").unwrap_or_else(|_| "test:".into());
+    let options = RedisOptions::new().prefix(format!("{}:", unique_name(&root)));
     RedisStore::connect_with(url, options)
         .await
         .expect("the test redis server must accept connections")
+}
+
+/// Deletes every key under `prefix`, so passing trials leave nothing.
+async fn delete_keys(url: &str, prefix: &str) {
+    let mut admin = connection(url).await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    if !keys.is_empty() {
+        let _: i64 = redis::cmd("DEL")
+            .arg(keys)
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+    }
 }
 
 async fn second_store(url: &str, first: &RedisStore) -> RedisStore {
