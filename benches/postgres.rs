@@ -34,7 +34,9 @@ async fn main() {
         return;
     };
 
-    println!("| producers | messages | one transaction each (msg/s) | group commit (msg/s) | ratio |");
+    println!(
+        "| producers | messages | one transaction each (msg/s) | group commit (msg/s) | ratio |"
+    );
     println!("|---:|---:|---:|---:|---:|");
     for (producers, messages) in [(1, 1_000), (64, 8_000)] {
         let single = throughput(&url, false, producers, messages).await;
@@ -81,12 +83,18 @@ async fn churn(url: &str, messages: usize) {
     for _ in 0..messages / 500 {
         let batch: Vec<_> = (0..500).map(|_| message()).collect();
         store.enqueue(batch).await.unwrap();
-        let claimed = store.claim("bench", 500, Duration::from_secs(60)).await.unwrap();
+        let claimed = store
+            .claim("bench", 500, Duration::from_secs(60))
+            .await
+            .unwrap();
         for claim in &claimed {
             store.complete(&claim.lease, None).await.unwrap();
         }
         let now = SystemTime::now() + Duration::from_secs(1);
-        store.purge("bench", MessageState::Succeeded, now).await.unwrap();
+        store
+            .purge("bench", MessageState::Succeeded, now)
+            .await
+            .unwrap();
     }
     let elapsed = started.elapsed();
 

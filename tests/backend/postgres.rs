@@ -24,6 +24,9 @@ pub(crate) fn trials() -> Vec<Trial> {
         scenario("pg_duplicate_ids_skipped", url, |s| {
             duplicate_ids_skipped(s)
         }),
+        scenario("pg_concurrent_duplicates_stored_once", url, |s| {
+            concurrent_duplicates_stored_once(s)
+        }),
         scenario("pg_concurrent_claims_disjoint", url, |s| {
             concurrent_claims_disjoint(s)
         }),

@@ -24,6 +24,9 @@ pub(crate) fn trials() -> Vec<Trial> {
         scenario("redis_duplicate_ids_skipped", url, |s| {
             duplicate_ids_skipped(s)
         }),
+        scenario("redis_concurrent_duplicates_stored_once", url, |s| {
+            concurrent_duplicates_stored_once(s)
+        }),
         scenario("redis_concurrent_claims_disjoint", url, |s| {
             concurrent_claims_disjoint(s)
         }),

@@ -85,6 +85,24 @@ pub(crate) async fn duplicate_ids_skipped(store: Arc<dyn MessageQueue>) {
     assert_eq!(kept.destination, first.destination);
 }
 
+pub(crate) async fn concurrent_duplicates_stored_once(store: Arc<dyn MessageQueue>) {
+    for _ in 0..20 {
+        let shared = message("outbox");
+        let (first, second) = tokio::join!(
+            store.enqueue(vec![shared.clone(), message("outbox")]),
+            store.enqueue(vec![message("outbox"), shared.clone()]),
+        );
+        let (first, second) = (first.unwrap(), second.unwrap());
+
+        assert_eq!((first[1], second[0]), (true, true));
+        assert!(
+            first[0] != second[1],
+            "exactly one caller stores {:?}",
+            shared.id
+        );
+    }
+}
+
 pub(crate) async fn concurrent_claims_disjoint(store: Arc<dyn MessageQueue>) {
     let messages: Vec<_> = (0..300).map(|_| message("work")).collect();
     store.enqueue(messages).await.unwrap();

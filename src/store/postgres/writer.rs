@@ -3,7 +3,7 @@
 //! One writer task per store takes every enqueue that arrived while the
 //! previous commit ran, up to the batch size, and writes them with one
 //! multi-row `INSERT ... ON CONFLICT (id) DO NOTHING` in one transaction.
-//! Each caller is answered after that commit. A commit costs one WAL flush
+//! Each caller gets its result after that commit. A commit costs one WAL flush
 //! whatever its size, so many producers share the flush instead of queueing
 //! for one each.
 
@@ -90,13 +90,16 @@ pub(super) async fn run(shared: Arc<Shared>, mut receiver: mpsc::Receiver<Enqueu
     }
 }
 
-/// Writes `batch` in one transaction, and answers every caller.
+/// Writes `batch` in one transaction, and sends every caller its result.
 async fn write_batch(shared: &Shared, batch: Vec<EnqueueRequest>) {
     let all: Vec<&EncodedMessage> = batch.iter().flat_map(|request| &request.messages).collect();
     match insert(shared, &all).await {
         Ok(inserted) => {
+            // Shared by the whole batch: of two callers that enqueue one id
+            // in the same batch, only the first is told it was stored.
+            let mut seen = HashSet::new();
             for request in batch {
-                let answer = mark_inserted(&request.messages, &inserted);
+                let answer = mark_inserted(&request.messages, &inserted, &mut seen);
                 notify_local(shared, &request.messages, &answer);
                 let _ = request.reply.send(Ok(answer));
             }
@@ -128,7 +131,7 @@ pub(super) async fn insert_alone(
 ) -> Result<Vec<bool>, StoreError> {
     let all: Vec<&EncodedMessage> = messages.iter().collect();
     let inserted = insert(shared, &all).await?;
-    let answer = mark_inserted(messages, &inserted);
+    let answer = mark_inserted(messages, &inserted, &mut HashSet::new());
     notify_local(shared, messages, &answer);
     Ok(answer)
 }
@@ -174,13 +177,17 @@ async fn insert(
         .map_err(|error| query_failed("read enqueued ids", error))
 }
 
-/// Answers `true` for the first occurrence of each inserted id: a repeated
-/// id within one call is skipped like an existing one.
-fn mark_inserted(messages: &[EncodedMessage], inserted: &HashSet<String>) -> Vec<bool> {
-    let mut seen = HashSet::new();
+/// Returns `true` for the first occurrence of each inserted id not in
+/// `seen`, so that a repeated id within one statement is reported skipped
+/// like an existing one.
+fn mark_inserted(
+    messages: &[EncodedMessage],
+    inserted: &HashSet<String>,
+    seen: &mut HashSet<String>,
+) -> Vec<bool> {
     messages
         .iter()
-        .map(|message| inserted.contains(&message.id) && seen.insert(message.id.as_str()))
+        .map(|message| inserted.contains(&message.id) && seen.insert(message.id.clone()))
         .collect()
 }
 

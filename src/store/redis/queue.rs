@@ -17,6 +17,10 @@ use crate::store::{
 /// to other clients.
 const PURGE_BATCH: usize = 1000;
 
+/// The largest claim or list limit sent to a script, which Lua reads as a
+/// double and Redis as a 64-bit integer.
+const MAX_LIMIT: usize = 1 << 31;
+
 #[async_trait]
 impl MessageQueue for RedisStore {
     async fn enqueue(&self, messages: Vec<NewMessage>) -> Result<Vec<bool>, StoreError> {
@@ -75,7 +79,7 @@ impl MessageQueue for RedisStore {
             .claim
             .arg(&self.shared.prefix)
             .arg(queue)
-            .arg(limit)
+            .arg(limit.min(MAX_LIMIT))
             .arg(duration_millis(lease))
             .invoke_async(&mut self.connection())
             .await
@@ -200,7 +204,7 @@ impl MessageQueue for RedisStore {
             .arg(queue)
             .arg(state.as_str())
             .arg(after.map(|id| id.to_string()).unwrap_or_default())
-            .arg(limit)
+            .arg(limit.min(MAX_LIMIT))
             .invoke_async(&mut self.connection())
             .await
             .map_err(|error| command_failed("list messages", error))?;
