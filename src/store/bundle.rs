@@ -60,6 +60,9 @@ impl Store {
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         let scheme = url.split(':').next().unwrap_or_default();
         match scheme {
+            "memory" if url == "memory" || url == "memory:" => {
+                Ok(Self::new(super::memory::MemoryStore::new()))
+            }
             _ => Err(StoreError::new(
                 StoreErrorKind::Invalid,
                 format!(

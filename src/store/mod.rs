@@ -10,6 +10,8 @@
 //! URL such as `sqlite:courier.db` or `memory`.
 
 mod bundle;
+// Used by the database backends, so unused when none is compiled in.
+#[allow(dead_code)]
 mod codec;
 mod error;
 mod idempotency;

@@ -79,10 +79,8 @@ impl ReplayStore for MemoryReplayStore {
         let mut pairs = self.lock();
         let key = (kid.to_owned(), nonce.to_owned());
 
-        if let Some(expires_at) = pairs.get(&key) {
-            if *expires_at > now {
-                return Ok(false);
-            }
+        if pairs.get(&key).is_some_and(|expires_at| *expires_at > now) {
+            return Ok(false);
         }
 
         if pairs.len() >= self.capacity && !pairs.contains_key(&key) {
