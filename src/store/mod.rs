@@ -19,6 +19,9 @@ mod message;
 mod notify;
 mod replay;
 
+#[cfg(feature = "conformance")]
+#[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
+pub mod conformance;
 pub mod memory;
 
 pub use bundle::Store;
