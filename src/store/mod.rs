@@ -11,7 +11,7 @@
 
 mod bundle;
 // Used by the database backends, so unused when none is compiled in.
-#[allow(dead_code)]
+#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
 mod codec;
 mod error;
 mod idempotency;
@@ -23,6 +23,9 @@ mod replay;
 #[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
 pub mod conformance;
 pub mod memory;
+#[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+pub mod sqlite;
 
 pub use bundle::Store;
 pub use error::{StoreError, StoreErrorKind};
