@@ -1,4 +1,5 @@
-//! The PostgreSQL store against a real server.
+//! The PostgreSQL store against a real server: the store conformance
+//! suite, then trials of what only this backend has.
 //!
 //! Runs when `TOWER_COURIER_POSTGRES_URL` names a database, such as
 //! `postgres://postgres@127.0.0.1:5432/test`; every trial uses a fresh

@@ -1,4 +1,5 @@
-//! The Redis store against a real server.
+//! The Redis store against a real server: the store conformance suite,
+//! then trials of what only this backend has.
 //!
 //! Runs when `TOWER_COURIER_REDIS_URL` names a server, such as
 //! `redis://127.0.0.1:6379`; every trial uses a fresh key prefix. Without

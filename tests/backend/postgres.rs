@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use libtest_mimic::Trial;
 use sqlx::Row;
+use tower_courier::store::conformance::Suite;
 use tower_courier::store::postgres::{PostgresOptions, PostgresStore};
 use tower_courier::store::{MessageQueue, Store, StoreErrorKind};
 
@@ -15,11 +16,12 @@ use crate::support::{server_url, trial, unique_name};
 
 const VARIABLE: &str = "TOWER_COURIER_POSTGRES_URL";
 
-/// Returns the PostgreSQL-specific trials.
+/// Returns the conformance suite and the PostgreSQL-specific trials.
 pub(crate) fn trials() -> Vec<Trial> {
     let url = server_url(VARIABLE);
+    let mut trials = conformance(url.clone());
     let url = url.as_deref();
-    vec![
+    trials.extend(vec![
         scenario("pg_message_round_trips", url, |s| message_round_trips(s)),
         scenario("pg_duplicate_ids_skipped", url, |s| {
             duplicate_ids_skipped(s)
@@ -75,7 +77,30 @@ pub(crate) fn trials() -> Vec<Trial> {
             listener_survives_kill,
         ),
         trial("pg_store_connect_url", url, VARIABLE, store_connect_url),
-    ]
+    ]);
+    trials
+}
+
+/// Returns the store conformance suite, each case on a fresh schema.
+fn conformance(url: Option<String>) -> Vec<Trial> {
+    let suite = Suite::new("postgres");
+    let Some(url) = url else {
+        return suite
+            .store(|| async { Err("unreachable: every trial is ignored".into()) })
+            .ignore_all(format!("set {VARIABLE} to run"))
+            .into_trials();
+    };
+    suite
+        .store(move || {
+            let url = url.clone();
+            async move {
+                let options = PostgresOptions::new().schema(unique_name("c_"));
+                Ok(Store::new(
+                    PostgresStore::connect_with(&url, options).await?,
+                ))
+            }
+        })
+        .into_trials()
 }
 
 /// Returns a trial that runs a shared scenario on a store in a fresh

@@ -7,19 +7,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use libtest_mimic::Trial;
+use tower_courier::store::conformance::Suite;
 use tower_courier::store::redis::{RedisOptions, RedisStore};
 use tower_courier::store::{MessageQueue, Store, StoreErrorKind};
 
 use crate::scenarios::*;
-use crate::support::{exclusive_trial, server_url, trial, unique_name};
+use crate::support::{server_url, trial, unique_name};
 
 const VARIABLE: &str = "TOWER_COURIER_REDIS_URL";
 
-/// Returns the Redis trials.
+/// Returns the conformance suite and the Redis-specific trials.
 pub(crate) fn trials() -> Vec<Trial> {
     let url = server_url(VARIABLE);
+    let mut trials = conformance(url.clone());
     let url = url.as_deref();
-    vec![
+    trials.extend(vec![
         scenario("redis_message_round_trips", url, |s| message_round_trips(s)),
         scenario("redis_duplicate_ids_skipped", url, |s| {
             duplicate_ids_skipped(s)
@@ -52,7 +54,7 @@ pub(crate) fn trials() -> Vec<Trial> {
             VARIABLE,
             publish_wakes_other_store,
         ),
-        exclusive_trial(
+        trial(
             "redis_subscriber_survives_kill",
             url,
             VARIABLE,
@@ -65,7 +67,25 @@ pub(crate) fn trials() -> Vec<Trial> {
             empty_prefix_rejected,
         ),
         trial("redis_store_connect_url", url, VARIABLE, store_connect_url),
-    ]
+    ]);
+    trials
+}
+
+/// Returns the store conformance suite, each case on a fresh key prefix.
+fn conformance(url: Option<String>) -> Vec<Trial> {
+    let suite = Suite::new("redis");
+    let Some(url) = url else {
+        return suite
+            .store(|| async { Err("unreachable: every trial is ignored".into()) })
+            .ignore_all(format!("set {VARIABLE} to run"))
+            .into_trials();
+    };
+    suite
+        .store(move || {
+            let url = url.clone();
+            async move { Ok(Store::new(open(&url).await)) }
+        })
+        .into_trials()
 }
 
 /// Returns a trial that runs a shared scenario on a store with a fresh
@@ -130,6 +150,9 @@ async fn publish_wakes_other_store(url: String) {
 }
 
 async fn subscriber_survives_kill(url: String) {
+    // Other trials' subscribers come and go meanwhile, so the store runs in
+    // a database number of its own, which `CLIENT LIST` shows per client.
+    let url = with_database(&url, 9);
     let mut admin = connection(&url).await;
     let before = pubsub_client_ids(&mut admin).await;
     let listening = open(&url).await;
@@ -140,7 +163,7 @@ async fn subscriber_survives_kill(url: String) {
         .difference(&before)
         .copied()
         .collect();
-    assert_eq!(ours.len(), 1, "exactly one new subscriber must appear");
+    assert_eq!(ours.len(), 1, "exactly one new subscriber in database 9");
 
     let writing = second_store(&url, &listening).await;
     let mut subscription = listening.subscribe("outbox");
@@ -160,6 +183,14 @@ async fn subscriber_survives_kill(url: String) {
     while subscription.wait(Duration::from_millis(300)).await {}
     writing.enqueue(vec![message("outbox")]).await.unwrap();
     assert!(subscription.wait(Duration::from_secs(5)).await);
+    delete_keys(&url, listening.prefix()).await;
+}
+
+/// Returns `url` with its database number replaced by `database`.
+fn with_database(url: &str, database: u8) -> String {
+    let (scheme, rest) = url.split_once("://").expect("a redis:// url");
+    let authority = rest.split('/').next().unwrap_or(rest);
+    format!("{scheme}://{authority}/{database}")
 }
 
 async fn connection(url: &str) -> redis::aio::MultiplexedConnection {
@@ -167,6 +198,7 @@ async fn connection(url: &str) -> redis::aio::MultiplexedConnection {
     client.get_multiplexed_async_connection().await.unwrap()
 }
 
+/// Returns the ids of the subscribed clients in database 9.
 async fn pubsub_client_ids(admin: &mut redis::aio::MultiplexedConnection) -> HashSet<u64> {
     let list: String = redis::cmd("CLIENT")
         .arg("LIST")
@@ -176,6 +208,7 @@ async fn pubsub_client_ids(admin: &mut redis::aio::MultiplexedConnection) -> Has
         .await
         .unwrap();
     list.lines()
+        .filter(|line| line.contains(" db=9 "))
         .filter_map(|line| line.strip_prefix("id="))
         .filter_map(|rest| rest.split(' ').next()?.parse().ok())
         .collect()

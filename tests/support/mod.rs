@@ -3,7 +3,6 @@
 #![allow(dead_code)]
 
 use std::future::Future;
-use std::sync::RwLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use libtest_mimic::{Completion, Trial};
@@ -16,36 +15,9 @@ pub fn server_url(variable: &str) -> Option<String> {
         .filter(|url| !url.trim().is_empty())
 }
 
-/// Held shared by every trial and exclusively by trials that disturb
-/// connections other trials could own, such as killing server clients.
-static EXCLUSIVE: RwLock<()> = RwLock::new(());
-
 /// Returns a trial that runs `test` on a fresh Tokio runtime with `url`,
 /// or one reported as ignored when there is no URL.
 pub fn trial<F, Fut>(name: &str, url: Option<&str>, variable: &str, test: F) -> Trial
-where
-    F: FnOnce(String) -> Fut + Send + 'static,
-    Fut: Future<Output = ()>,
-{
-    build_trial(name, url, variable, false, test)
-}
-
-/// Returns a trial like [`trial`] that runs while no other trial does.
-pub fn exclusive_trial<F, Fut>(name: &str, url: Option<&str>, variable: &str, test: F) -> Trial
-where
-    F: FnOnce(String) -> Fut + Send + 'static,
-    Fut: Future<Output = ()>,
-{
-    build_trial(name, url, variable, true, test)
-}
-
-fn build_trial<F, Fut>(
-    name: &str,
-    url: Option<&str>,
-    variable: &str,
-    exclusive: bool,
-    test: F,
-) -> Trial
 where
     F: FnOnce(String) -> Fut + Send + 'static,
     Fut: Future<Output = ()>,
@@ -55,18 +27,6 @@ where
         return Trial::ignorable_test(name, move || Ok(Completion::ignored_with(reason)));
     };
     Trial::test(name, move || {
-        // A failed trial poisons the lock; the others still run.
-        let _shared;
-        let _exclusive;
-        if exclusive {
-            _exclusive = EXCLUSIVE
-                .write()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-        } else {
-            _shared = EXCLUSIVE
-                .read()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-        }
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()

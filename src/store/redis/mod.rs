@@ -44,8 +44,14 @@
 //!   once memory is full.
 //! - Replicas are updated asynchronously, so a failover can lose recent
 //!   writes, as with any Redis data.
-//! - [`IdempotencyStore::purge_expired`] returns 0: Redis deletes expired
-//!   records by itself.
+//!
+//! # Growth
+//!
+//! Finished messages stay until [`MessageQueue::purge`] deletes them.
+//! Idempotency records and replay nonces carry a Redis expiry, so Redis
+//! deletes them even if nobody calls [`IdempotencyStore::purge_expired`];
+//! an expired idempotency record's key lingers 10 minutes past its expiry
+//! unless purged.
 
 mod decode;
 mod queue;

@@ -1,7 +1,7 @@
 //! [`IdempotencyStore`] and [`ReplayStore`] on Redis.
 //!
 //! Idempotency tokens come from one counter key rather than a per-record
-//! counter, because a released or expired record's key is deleted: a
+//! counter, because a released or purged record's key is deleted: a
 //! counter inside it would start again at 1 and let a stale holder's token
 //! match.
 
@@ -15,6 +15,10 @@ use crate::store::{
     ClaimOutcome, FencingToken, Fingerprint, IdempotencyKey, IdempotencyRecord, IdempotencyStore,
     ReplayStore, StoreError, StoredResponse, encode_headers,
 };
+
+/// How many expired records one purge script reads before yielding the
+/// server to other clients.
+const PURGE_BATCH: usize = 1000;
 
 #[async_trait]
 impl IdempotencyStore for RedisStore {
@@ -119,10 +123,23 @@ impl IdempotencyStore for RedisStore {
         raw.map(decode_record).transpose()
     }
 
-    /// Returns 0: Redis deletes expired records itself, through the expiry
-    /// set on every record's key.
     async fn purge_expired(&self) -> Result<u64, StoreError> {
-        Ok(0)
+        let mut total = 0;
+        loop {
+            let (deleted, read): (u64, usize) = self
+                .shared
+                .scripts
+                .record_purge
+                .arg(&self.shared.prefix)
+                .arg(PURGE_BATCH)
+                .invoke_async(&mut self.connection())
+                .await
+                .map_err(|error| command_failed("purge idempotency records", error))?;
+            total += deleted;
+            if read < PURGE_BATCH {
+                return Ok(total);
+            }
+        }
     }
 }
 

@@ -12,6 +12,7 @@
 //! | `P q:<len>:<queue>:u:<state>` | sorted set | ids in a state by `updated_at` (ms), for purges |
 //! | `P i:<digest>` | hash | one idempotency record |
 //! | `P i:tokens` | string | the idempotency token counter |
+//! | `P i:expiry` | sorted set | idempotency digests by `expires_at` (ms), for purges |
 //! | `P r:<len>:<kid>:<nonce>` | string | one replay nonce |
 //!
 //! Queue names and key ids are length-prefixed so that no two of them
@@ -264,12 +265,18 @@ end
 return #ids
 "#;
 
-/// Helpers of the idempotency scripts. An expired claim's key is kept for
-/// `CLAIM_GRACE` more milliseconds, so a holder whose lease ran out but
-/// whom nobody replaced can still complete, as with the other backends.
+/// Helpers of the idempotency scripts.
+///
+/// A record is live until its `expires_at`. Its key is kept for
+/// `RECORD_GRACE` more milliseconds, so that a holder whose lease ran out
+/// but whom nobody replaced can still complete, as with the other
+/// backends, and so that `purge_expired` finds it to delete; Redis deletes
+/// the key itself after the grace if nobody purges. The sorted set
+/// `P i:expiry` indexes digests by `expires_at` for purges.
 const RECORD_PRELUDE: &str = r#"
-local CLAIM_GRACE = 600000
+local RECORD_GRACE = 600000
 local RECORD_FIELDS = {'state', 'fingerprint', 'token', 'expires_at', 'status', 'headers', 'body'}
+local INDEX = P .. 'i:expiry'
 local function ikey(digest)
   return P .. 'i:' .. digest
 end
@@ -282,21 +289,29 @@ local function claimed_by(key, token)
   local state, current = unpack(redis.call('HMGET', key, 'state', 'token'))
   return state == 'in_progress' and current == token
 end
+-- Sets a record's expiry, its key's expiry and its index entry.
+local function expire_at(digest, expires)
+  local key = ikey(digest)
+  redis.call('HSET', key, 'expires_at', int(expires))
+  redis.call('PEXPIREAT', key, int(expires + RECORD_GRACE))
+  redis.call('ZADD', INDEX, int(expires), digest)
+end
 "#;
 
 /// ARGV: prefix, digest, fingerprint, lease (ms). Returns `claimed` and the
 /// token, or the live record.
 const RECORD_CLAIM: &str = r#"
-local key = ikey(ARGV[2])
+local digest = ARGV[2]
+local key = ikey(digest)
 local now = now_ms()
 local record = live(key, now)
 if record then return record end
+-- Index entries past their grace name keys Redis already deleted.
+redis.call('ZREMRANGEBYSCORE', INDEX, '-inf', '(' .. int(now - RECORD_GRACE))
 local token = redis.call('INCR', P .. 'i:tokens')
-local expires = now + tonumber(ARGV[4])
 redis.call('DEL', key)
-redis.call('HSET', key, 'state', 'in_progress', 'fingerprint', ARGV[3], 'token', token,
-  'expires_at', int(expires))
-redis.call('PEXPIREAT', key, int(expires + CLAIM_GRACE))
+redis.call('HSET', key, 'state', 'in_progress', 'fingerprint', ARGV[3], 'token', token)
+expire_at(digest, now + tonumber(ARGV[4]))
 return {'claimed', int(token)}
 "#;
 
@@ -307,32 +322,50 @@ return live(ikey(ARGV[2]), now_ms()) or false
 
 /// ARGV: prefix, digest, token, extend_by (ms). Returns 1 or 0.
 const RECORD_RENEW: &str = r#"
-local key = ikey(ARGV[2])
-if not claimed_by(key, ARGV[3]) then return 0 end
-local expires = now_ms() + tonumber(ARGV[4])
-redis.call('HSET', key, 'expires_at', int(expires))
-redis.call('PEXPIREAT', key, int(expires + CLAIM_GRACE))
+local digest = ARGV[2]
+if not claimed_by(ikey(digest), ARGV[3]) then return 0 end
+expire_at(digest, now_ms() + tonumber(ARGV[4]))
 return 1
 "#;
 
 /// ARGV: prefix, digest, token, status, headers, body, retention (ms).
 /// Returns 1 or 0.
 const RECORD_COMPLETE: &str = r#"
-local key = ikey(ARGV[2])
+local digest = ARGV[2]
+local key = ikey(digest)
 if not claimed_by(key, ARGV[3]) then return 0 end
-local expires = now_ms() + tonumber(ARGV[7])
 redis.call('HSET', key, 'state', 'completed', 'status', ARGV[4], 'headers', ARGV[5],
-  'body', ARGV[6], 'expires_at', int(expires))
-redis.call('PEXPIREAT', key, int(expires))
+  'body', ARGV[6])
+expire_at(digest, now_ms() + tonumber(ARGV[7]))
 return 1
 "#;
 
 /// ARGV: prefix, digest, token. Returns 1 or 0.
 const RECORD_RELEASE: &str = r#"
-local key = ikey(ARGV[2])
+local digest = ARGV[2]
+local key = ikey(digest)
 if not claimed_by(key, ARGV[3]) then return 0 end
 redis.call('DEL', key)
+redis.call('ZREM', INDEX, digest)
 return 1
+"#;
+
+/// ARGV: prefix, batch. Deletes up to batch expired records and returns
+/// how many keys it deleted and how many index entries it read.
+const RECORD_PURGE: &str = r#"
+local now = now_ms()
+local digests = redis.call('ZRANGEBYSCORE', INDEX, '-inf', int(now),
+  'LIMIT', 0, tonumber(ARGV[2]))
+local deleted = 0
+for _, digest in ipairs(digests) do
+  local key = ikey(digest)
+  local expires = tonumber(redis.call('HGET', key, 'expires_at'))
+  if expires == nil or expires <= now then
+    deleted = deleted + redis.call('DEL', key)
+  end
+  redis.call('ZREM', INDEX, digest)
+end
+return {deleted, #digests}
 "#;
 
 /// The compiled scripts; `redis::Script` sends `EVALSHA` and falls back to
@@ -354,6 +387,7 @@ pub(super) struct Scripts {
     pub(super) record_renew: Script,
     pub(super) record_complete: Script,
     pub(super) record_release: Script,
+    pub(super) record_purge: Script,
 }
 
 impl Scripts {
@@ -376,6 +410,7 @@ impl Scripts {
             record_renew: record(RECORD_RENEW),
             record_complete: record(RECORD_COMPLETE),
             record_release: record(RECORD_RELEASE),
+            record_purge: record(RECORD_PURGE),
         }
     }
 }
