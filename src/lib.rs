@@ -14,8 +14,10 @@
 
 pub mod body;
 pub mod clock;
+pub mod outbox;
 pub mod retry;
 pub mod store;
+pub mod worker;
 
 mod id;
 

@@ -128,3 +128,19 @@ impl StdError for RetryError {
             .map(|source| source as &(dyn StdError + 'static))
     }
 }
+
+/// Joins an error and its sources with `: `, for the stored last error,
+/// which has no `source()` to follow.
+pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

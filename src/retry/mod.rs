@@ -93,6 +93,7 @@ pub use layer::RetryLayer;
 pub use retry_after::retry_after;
 
 pub(crate) use attempts::{IDEMPOTENCY_KEY, rebuild};
+pub(crate) use error::error_chain;
 
 use crate::BoxError;
 use layer::RetryConfig;
