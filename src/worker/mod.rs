@@ -27,6 +27,9 @@
 //! | transient failure (timeout, connection error, 5xx, 408, 409, 425, 429, a panic in the service) | `reschedule` after [`Backoff::delay_after`], honouring `Retry-After`; `dead_letter` once the attempts or age run out |
 //! | permanent failure | `dead_letter` or `fail`, as configured |
 //!
+//! Each request carries the claim's [`Lease`] (message id and fencing
+//! token) in its extensions, for layers below that log or record attempts.
+//!
 //! The outcome keeps the response status and at most the first
 //! [`Worker::outcome_limit`] bytes of the body (64 KiB by default).
 //!
@@ -57,6 +60,7 @@
 //! [`MessageQueue`]: crate::store::MessageQueue
 //! [`MessageQueue::subscribe`]: crate::store::MessageQueue::subscribe
 //! [`Message`]: crate::store::Message
+//! [`Lease`]: crate::store::Lease
 //! [`Outcome`]: crate::store::Outcome
 //! [`SuccessSpec`]: crate::retry::SuccessSpec
 //! [`Backoff`]: crate::retry::Backoff

@@ -184,7 +184,7 @@ async fn process(
 }
 
 async fn send(context: &Context, service: AttemptService, claimed: &Claimed) -> Verdict {
-    let request = match (context.make_request)(&claimed.message) {
+    let mut request = match (context.make_request)(&claimed.message) {
         Ok(request) => request,
         Err(error) => {
             return Verdict::Permanent {
@@ -194,6 +194,9 @@ async fn send(context: &Context, service: AttemptService, claimed: &Claimed) -> 
         }
     };
 
+    // Layers below can read which claim the request belongs to, for logs
+    // or to record the attempt with its message id.
+    request.extensions_mut().insert(claimed.lease);
     tracing::debug!("sending attempt");
     let clock = context.clock.clone();
     attempt::send(service, request, context.attempt_timeout, context.success.as_ref(), move || clock.now()).await
