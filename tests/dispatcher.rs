@@ -208,7 +208,8 @@ async fn two_dispatchers_deliver_each_once() {
     assert_eq!(per_key.len(), 500);
     assert!(per_key.values().all(|count| *count == 1), "a message was sent twice");
     assert_eq!(one.delivered + two.delivered, 500);
-    assert!(one.delivered > 0 && two.delivered > 0, "{one:?} {two:?}");
+    assert!(one.delivered > 0, "first dispatcher idle: {one:?}");
+    assert!(two.delivered > 0, "second dispatcher idle: {two:?}");
     assert_eq!(one.lease_lost + two.lease_lost, 0);
 }
 
@@ -221,7 +222,7 @@ async fn killed_dispatcher_taken_over() {
     let ids: Vec<MessageId> = messages.iter().map(|message| message.id).collect();
     store.enqueue(messages).await.unwrap();
 
-    // The child dispatcher sends to a receiver that never answers, so it
+    // The child dispatcher sends to a receiver that never responds, so it
     // holds every lease until it is killed.
     let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "child_dispatcher", "--ignored", "--nocapture", "--test-threads=1"])
@@ -265,8 +266,8 @@ async fn killed_dispatcher_taken_over() {
     }
 }
 
-/// The child process of `killed_dispatcher_taken_over`: a dispatcher with
-/// a 1 s lease that prints each lease it sends under.
+/// Runs the child process of `killed_dispatcher_taken_over`: a dispatcher
+/// with a 1 s lease that prints each lease it sends under.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "runs only as the child process of killed_dispatcher_taken_over"]
 async fn child_dispatcher() {

@@ -18,7 +18,7 @@ fn memory_store() -> Arc<dyn MessageQueue> {
     Arc::new(MemoryStore::new())
 }
 
-/// A backoff that retries within a second, for tests.
+/// Returns a backoff that retries within a second.
 fn quick_backoff() -> Backoff {
     Backoff::default()
         .initial_delay(Duration::from_millis(200))
@@ -67,7 +67,7 @@ async fn receiver_recovers_after_outage() {
     let id = queued_id(delivery).await;
     let handle = dispatcher(store.clone()).spawn();
 
-    // The receiver refuses connections for 2 s, then answers 500 twice.
+    // The receiver refuses connections for 2 s, then responds 500 twice.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let receiver = Receiver::start_on(addr, sequence(&[500, 500, 201]), Arc::default()).await;
     wait_for_state(&store, id, MessageState::Succeeded).await;

@@ -4,7 +4,7 @@ use http::{Response, StatusCode};
 
 use crate::MessageId;
 
-/// What the outbox did with a request.
+/// The result of handing a request to the outbox.
 ///
 /// Only [`Delivery::Delivered`] means the receiver accepted the request.
 /// [`Delivery::Queued`] means it is stored and will be delivered later, at
@@ -53,11 +53,11 @@ pub struct Queued {
     /// The message id, also sent as the `Idempotency-Key` unless the
     /// caller set its own key.
     pub id: MessageId,
-    /// Why the request was stored instead of delivered.
+    /// The reason the request was stored instead of delivered.
     pub reason: QueuedReason,
 }
 
-/// Why the outbox stored a request instead of delivering it.
+/// The reason the outbox stored a request instead of delivering it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum QueuedReason {
@@ -65,9 +65,9 @@ pub enum QueuedReason {
     Background,
     /// The inline attempt failed transiently.
     Transient {
-        /// The receiver's status, if it answered.
+        /// The receiver's status, if a response arrived.
         status: Option<StatusCode>,
-        /// What failed, for logs.
+        /// The failure, as text for logs.
         error: String,
     },
 }

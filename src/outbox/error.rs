@@ -11,7 +11,7 @@ pub struct OutboxError {
     source: Option<BoxError>,
 }
 
-/// Why the outbox neither delivered nor stored a request.
+/// The reason the outbox neither delivered nor stored a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum OutboxErrorKind {

@@ -46,10 +46,11 @@
 //!
 //! # What is promised
 //!
-//! - A request for which the layer returned [`Delivery::Queued`] is
-//!   durable as far as the store is (the memory store is not), and is
-//!   delivered **at least once** while a dispatcher runs, until it
-//!   succeeds, fails permanently, or runs out of attempts or age.
+//! - A request for which the layer returned [`Delivery::Queued`] is as
+//!   durable as the store (the memory store is not durable).
+//! - While a dispatcher runs, a queued request is delivered **at least
+//!   once**, until it succeeds, fails permanently, or runs out of attempts
+//!   or age.
 //! - Receivers see the same `Idempotency-Key`, method, target, headers and
 //!   body bytes on every attempt, so they can deduplicate.
 //!

@@ -38,7 +38,7 @@ pub(crate) fn is_idempotent(method: &Method) -> bool {
     )
 }
 
-/// How one attempt ended.
+/// The result of one attempt.
 enum Attempt<B> {
     Response(Response<B>),
     Error(RetryError),

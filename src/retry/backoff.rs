@@ -68,7 +68,7 @@ impl Backoff {
     }
 
     /// Creates the backoff the inline [`Retry`](super::Retry) layer uses by
-    /// default, for callers that wait for the answer: first delay 100 ms,
+    /// default, for callers that wait for the response: first delay 100 ms,
     /// factor 2, at most 2 s between attempts, a 10 ms floor, 3 attempts
     /// and no age limit beyond the layer's own deadline.
     pub fn inline() -> Self {

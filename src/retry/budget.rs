@@ -22,10 +22,12 @@ pub struct RetryBudget {
 }
 
 impl RetryBudget {
-    /// Creates a budget over a `window` (1 s to 60 s; other values are
-    /// clamped), allowing `min_per_second` retries per second at any time (below `i32::MAX`;
-    /// clamped) plus
-    /// `retry_ratio` retries per call (0.0 to 1000.0; clamped).
+    /// Creates a budget over a sliding `window`, allowing `min_per_second`
+    /// retries per second at any time plus `retry_ratio` retries per call.
+    ///
+    /// Values outside the accepted ranges are clamped into them: `window`
+    /// to 1 s ..= 60 s, `min_per_second` below `i32::MAX`, `retry_ratio`
+    /// to 0.0 ..= 1000.0.
     pub fn new(window: Duration, min_per_second: u32, retry_ratio: f32) -> Self {
         // TpsBudget panics outside these ranges, so they are clamped here.
         let min_per_second = min_per_second.min(i32::MAX as u32 - 1);

@@ -6,7 +6,7 @@ use http::{HeaderMap, StatusCode, Uri};
 
 use super::error::{AttemptTimedOut, InvalidRequest};
 
-/// What one delivery attempt came to.
+/// The class of one delivery attempt's result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Classification {
     /// The receiver accepted the request: stop, it is delivered.
@@ -94,10 +94,10 @@ pub fn classify_status(status: StatusCode) -> Classification {
 ///
 /// The whole `source()` chain is searched:
 ///
-/// - Permanent: an invalid request found by this crate (such as an
-///   unsupported URL scheme), an `http` crate error (invalid URI, header or
-///   method), and a hyper client error that reports a misuse of the client
-///   (such as a URI without an authority).
+/// - Permanent: an invalid request found by this crate, such as an
+///   unsupported URL scheme. Also an `http` crate error (invalid URI, header
+///   or method), and a hyper client error that reports a misuse of the
+///   client, such as a URI without an authority.
 /// - Transient: everything else, including connection errors, timeouts and
 ///   connections closed mid-response, because a later attempt may succeed
 ///   and a message that never succeeds ends as a dead letter anyway.

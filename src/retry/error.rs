@@ -66,7 +66,7 @@ pub struct RetryError {
     source: Option<BoxError>,
 }
 
-/// Why an inline call ended without a response.
+/// The reason an inline call ended without a response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum RetryErrorKind {

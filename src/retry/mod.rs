@@ -1,6 +1,6 @@
 //! Success specifications, backoff and inline retries for outbound HTTP.
 //!
-//! This module holds the rules every delivery path of the crate shares:
+//! This module contains the rules every delivery path of the crate shares:
 //!
 //! - [`SuccessSpec`] decides what counts as success and classifies each
 //!   failure as [`Classification::Transient`] (connection errors,

@@ -55,7 +55,7 @@ where
 }
 
 /// Reads the first `limit` bytes of `body` and drops the rest unread. A
-/// body that fails midway keeps what arrived: the status already says how
+/// body that fails midway keeps what arrived: the status already shows how
 /// the attempt went.
 async fn read_prefix<B>(body: B, limit: usize) -> Bytes
 where
@@ -75,7 +75,7 @@ where
     kept.freeze()
 }
 
-/// How an attempt ended, as the worker records it.
+/// The result of an attempt, as the worker records it.
 #[derive(Debug)]
 pub(crate) enum Verdict {
     Success(Outcome),
@@ -141,7 +141,7 @@ fn classify_error(error: &(dyn std::error::Error + 'static), spec: &dyn SuccessS
             error: text,
             outcome: None,
         },
-        // An error is never a success, whatever a custom spec says.
+        // An error is never a success, whatever a custom spec returns.
         Classification::Success | Classification::Transient => Verdict::Transient {
             error: text,
             retry_after: None,

@@ -87,10 +87,10 @@ impl WorkerHandle {
 
     /// Stops the worker gracefully and waits until it has stopped.
     ///
-    /// The worker claims nothing more and lets the messages it holds finish
-    /// within the shutdown grace period; messages still in flight after it
-    /// are stopped and their leases released, so another worker can claim
-    /// them at once, without counting the attempt. Calling this again, or
+    /// The worker claims nothing more and lets its in-flight messages
+    /// finish within the shutdown grace period. Messages still in flight
+    /// after it are stopped and their leases released, so that another
+    /// worker can claim them at once. A released attempt is not counted. Calling this again, or
     /// from several clones, waits for the same stop.
     pub async fn shutdown(&self) {
         self.phase.send_if_modified(|phase| {

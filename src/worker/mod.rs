@@ -35,7 +35,7 @@
 //!
 //! Wake-ups from [`MessageQueue::subscribe`] start a claim soon after an
 //! enqueue; the worker also polls every `poll_interval`, because wake-ups
-//! can be missed and messages rescheduled for later wake nobody.
+//! can be missed and a message rescheduled for later sends no wake-up.
 //!
 //! # What is promised
 //!
@@ -97,14 +97,14 @@ use crate::store::{Message, MessageQueue};
 pub type MakeRequest =
     Arc<dyn Fn(&Message) -> Result<Request<Full<Bytes>>, BoxError> + Send + Sync + 'static>;
 
-/// What a worker does with a message whose attempt failed permanently.
+/// The end state of a message whose attempt failed permanently.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PermanentFailure {
     /// Moves it to the dead letters, where it can be listed, retried and
     /// purged. The outbox does this.
     DeadLetter,
     /// Marks it failed. The `202 Accepted` layer does this, because a
-    /// handler's `4xx` is the command's answer rather than a delivery
+    /// handler's `4xx` is the command's result rather than a delivery
     /// problem.
     Fail,
 }

@@ -129,8 +129,8 @@ fn settled(context: &Context, result: Result<(), StoreError>) -> bool {
             false
         }
         Err(error) => {
-            // The lease runs out and another claim retries the message, so
-            // nothing is lost; the attempt may be sent once more.
+            // The message stays in flight until its lease expires, and then
+            // a claim sends it again: delivered at least once, maybe twice.
             tracing::error!(%error, "failed to record the result, the message will be retried");
             false
         }

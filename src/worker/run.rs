@@ -18,7 +18,7 @@ use crate::clock::SharedClock;
 use crate::retry::{Backoff, SharedSuccessSpec};
 use crate::store::{Claimed, MessageQueue};
 
-/// What every task of one worker shares.
+/// The settings and counters that every task of one worker shares.
 pub(crate) struct Context {
     pub(crate) queue: Arc<str>,
     pub(crate) store: Arc<dyn MessageQueue>,
@@ -109,7 +109,7 @@ fn destination_limit(
     Some(semaphore.clone())
 }
 
-/// Waits for in-flight messages within `grace`, then tells the rest to
+/// Waits for in-flight messages within `grace`, then signals the rest to
 /// release their leases and waits for them to do so.
 async fn drain(
     context: &Context,
