@@ -17,6 +17,9 @@ pub mod clock;
 pub mod outbox;
 pub mod retry;
 pub mod store;
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+pub mod testing;
 pub mod worker;
 
 mod id;
