@@ -15,10 +15,13 @@
 pub mod auth;
 pub mod body;
 pub mod clock;
+pub mod outbox;
+pub mod retry;
 pub mod store;
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
+pub mod worker;
 
 mod id;
 
