@@ -13,7 +13,7 @@ const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Returns the `application_name` of the listener's connection, which
-/// tells operators (and tests) which backend in `pg_stat_activity` it is.
+/// identifies its backend in `pg_stat_activity` for operators and tests.
 pub(super) fn application_name(schema: &str) -> String {
     format!("tower-courier listener {schema}")
 }
@@ -53,8 +53,8 @@ struct State {
 /// Connects, listens and forwards notifications until an error.
 ///
 /// `PgListener` reconnects by itself after an I/O error and reports the gap
-/// as `Ok(None)`; other errors (such as the server's "terminating
-/// connection" message) end this call so the caller starts over.
+/// as `Ok(None)`. Other errors, such as the server's "terminating
+/// connection" message, end this call so that the caller starts over.
 async fn listen(shared: &Shared, pool: &PgPool, state: &mut State) -> sqlx::Error {
     let mut listener = match PgListener::connect_with(pool).await {
         Ok(listener) => listener,

@@ -4,6 +4,35 @@
 //! [`ReplayStore`] on three tables in one schema (`courier` by default),
 //! which the store creates and migrates itself when it connects.
 //!
+//! ```no_run
+//! use std::time::{Duration, SystemTime};
+//!
+//! use http::Method;
+//! use tower_courier::store::postgres::{PostgresOptions, PostgresStore};
+//! use tower_courier::store::{NewMessage, Store};
+//!
+//! # async fn example() -> Result<(), tower_courier::BoxError> {
+//! let options = PostgresOptions::new().schema("courier").max_connections(20);
+//! let postgres = PostgresStore::connect_with("postgres://app@db.internal/app", options).await?;
+//! // The pool is there for the caller's own rows, in their own transactions.
+//! let _pool = postgres.pool().clone();
+//!
+//! let store = Store::new(postgres);
+//! let message = NewMessage::new(
+//!     "outbox",
+//!     "http://orders.internal:8080",
+//!     Method::POST,
+//!     "/orders",
+//!     SystemTime::now(),
+//! );
+//! assert_eq!(store.queue().enqueue(vec![message]).await?, [true]);
+//!
+//! let claimed = store.queue().claim("outbox", 10, Duration::from_secs(30)).await?;
+//! store.queue().complete(&claimed[0].lease, None).await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Clocks
 //!
 //! Leases, idempotency claims, replay nonces and `updated_at` are measured
@@ -12,8 +41,9 @@
 //! caller's clock instead: the `available_at` of [`NewMessage`] and
 //! [`MessageQueue::reschedule`], and the `older_than` of
 //! [`MessageQueue::purge`]. A caller whose clock runs ahead of the server's
-//! makes a delayed message due later than intended, and one whose clock runs
-//! behind makes it due earlier; keep instance clocks synchronised (NTP).
+//! makes a delayed message due later than intended. A caller whose clock
+//! runs behind makes it due earlier. Keep instance clocks synchronised
+//! (NTP).
 //!
 //! # Claims and fencing
 //!
@@ -110,7 +140,7 @@ impl PostgresOptions {
         }
     }
 
-    /// Sets the schema that holds the store's tables. Default: `courier`.
+    /// Sets the schema that contains the store's tables. Default: `courier`.
     ///
     /// The name must be 1 to 48 characters of lowercase ASCII letters,
     /// digits and `_`, not starting with a digit. Stores with different
@@ -121,7 +151,7 @@ impl PostgresOptions {
         self
     }
 
-    /// Sets the most connections the pool opens. Default: 10.
+    /// Sets the maximum number of connections the pool opens. Default: 10.
     ///
     /// The listener uses one more connection of its own.
     pub fn max_connections(mut self, max_connections: u32) -> Self {
@@ -129,7 +159,7 @@ impl PostgresOptions {
         self
     }
 
-    /// Sets the most messages written by one group commit. Default: 512.
+    /// Sets the maximum number of messages in one group commit. Default: 512.
     ///
     /// An enqueue of more messages than this is written alone, in one
     /// transaction of its own.
@@ -190,7 +220,7 @@ pub struct PostgresStore {
     _tasks: Arc<TaskGuard>,
 }
 
-/// What the store's handles and its background tasks share.
+/// The state shared by the store's handles and its background tasks.
 struct Shared {
     pool: PgPool,
     sql: Sql,
@@ -293,7 +323,7 @@ impl PostgresStore {
         &self.shared.pool
     }
 
-    /// Returns the schema that holds the store's tables.
+    /// Returns the schema that contains the store's tables.
     pub fn schema(&self) -> &str {
         &self.shared.schema
     }

@@ -22,9 +22,9 @@ use crate::store::{
 /// How often inserts delete expired replay nonces.
 const REPLAY_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 
-/// How many times a claim retries when the record it lost to vanished
-/// before it could be read; each retry needs another holder to release or
-/// expire in a window of one round trip.
+/// How many times a claim retries when the record it lost to was deleted
+/// before it could be read. Each retry needs another release or purge
+/// within one round trip, so 5 attempts are rarely all used.
 const CLAIM_ATTEMPTS: usize = 5;
 
 #[async_trait]

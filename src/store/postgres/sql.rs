@@ -102,9 +102,9 @@ impl Sql {
                  SELECT id::text FROM ins UNION ALL SELECT NULL FROM woke",
                 available = from_micros!("u.available_us"),
             )),
-            // Two locking scans, one per partial index, so each reads rows
-            // already in `available_at` or lease order instead of sorting
-            // the whole queue; the outer query keeps the oldest `$2`.
+            // Two locking scans, one per partial index, so that each reads
+            // rows in index order instead of sorting the whole queue. The
+            // outer query keeps the `$2` with the oldest `available_at`.
             claim: text(format!(
                 "WITH due AS ( \
                    SELECT id, available_at FROM {s}.messages \

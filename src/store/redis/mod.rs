@@ -5,6 +5,23 @@
 //! server. All keys start with a configurable prefix (`courier:` by
 //! default), so several stores can share one database.
 //!
+//! ```no_run
+//! use std::time::Duration;
+//!
+//! use tower_courier::store::Store;
+//! use tower_courier::store::redis::{RedisOptions, RedisStore};
+//!
+//! # async fn example() -> Result<(), tower_courier::BoxError> {
+//! let options = RedisOptions::new().prefix("billing:");
+//! let store = Store::new(RedisStore::connect_with("redis://127.0.0.1:6379", options).await?);
+//!
+//! let replay = store.replay();
+//! let fresh = replay.insert("key-1", "bm9uY2Utbm9uY2U", Duration::from_secs(600)).await?;
+//! assert!(fresh, "a nonce is new the first time");
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Clocks
 //!
 //! Leases, claims' expiry, `updated_at` and nonce lifetimes are measured
@@ -19,9 +36,9 @@
 //! The scripts of enqueue, reschedule, release and retry `PUBLISH` the
 //! queue name on the channel `<prefix>wake`. Each store runs a subscriber
 //! task that wakes its local subscribers of that queue. When the
-//! subscription's connection is lost the task reconnects with backoff,
+//! subscription's connection is lost, the task reconnects with backoff,
 //! logs a warning and wakes every subscribed queue, because messages
-//! published meanwhile are lost; the dispatcher's fallback poll covers the
+//! published meanwhile are lost. The dispatcher's fallback poll covers the
 //! gap.
 //!
 //! # Durability
@@ -117,7 +134,7 @@ pub struct RedisStore {
     _subscriber: Arc<TaskGuard>,
 }
 
-/// What the store's handles and its subscriber task share.
+/// The state shared by the store's handles and its subscriber task.
 struct Shared {
     connection: ConnectionManager,
     scripts: Scripts,

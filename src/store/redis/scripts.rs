@@ -268,10 +268,10 @@ return #ids
 /// Helpers of the idempotency scripts.
 ///
 /// A record is live until its `expires_at`. Its key is kept for
-/// `RECORD_GRACE` more milliseconds, so that a holder whose lease ran out
-/// but whom nobody replaced can still complete, as with the other
-/// backends, and so that `purge_expired` finds it to delete; Redis deletes
-/// the key itself after the grace if nobody purges. The sorted set
+/// `RECORD_GRACE` more milliseconds, so that a holder whose expired claim
+/// was not taken over can still complete, as with the other backends, and
+/// so that `purge_expired` finds it. Redis deletes the key itself after the
+/// grace if no purge did. The sorted set
 /// `P i:expiry` indexes digests by `expires_at` for purges.
 const RECORD_PRELUDE: &str = r#"
 local RECORD_GRACE = 600000

@@ -48,7 +48,7 @@ async fn subscribe(
     *backoff = MIN_BACKOFF;
     if *connected_before {
         // Messages published while disconnected are lost, so every queue
-        // may have due messages nobody was told about.
+        // may have due messages that no wake-up announced.
         tracing::warn!(prefix = %shared.prefix, "redis subscriber reconnected");
         for queue in shared.subscribed_queues() {
             shared.notifier.notify(&queue);
