@@ -79,8 +79,9 @@ mod subscriber;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::task::JoinHandle;
 
 #[cfg(doc)]
@@ -93,6 +94,7 @@ use self::scripts::Scripts;
 #[derive(Debug, Clone)]
 pub struct RedisOptions {
     prefix: String,
+    response_timeout: Duration,
 }
 
 impl RedisOptions {
@@ -103,6 +105,7 @@ impl RedisOptions {
     pub fn new() -> Self {
         Self {
             prefix: Self::DEFAULT_PREFIX.to_owned(),
+            response_timeout: Duration::from_secs(10),
         }
     }
 
@@ -113,6 +116,17 @@ impl RedisOptions {
     /// which is how tests isolate themselves. The prefix must not be empty.
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
+        self
+    }
+
+    /// Sets how long a command or script may take before the call fails
+    /// with [`StoreErrorKind::Unavailable`]. Default: 10 seconds.
+    ///
+    /// A script that timed out on the client may still complete on the
+    /// server; an enqueue of the same message ids again is a safe way to
+    /// find out.
+    pub fn response_timeout(mut self, timeout: Duration) -> Self {
+        self.response_timeout = timeout;
         self
     }
 }
@@ -192,8 +206,10 @@ impl RedisStore {
         let client = redis::Client::open(url).map_err(|error| {
             StoreError::new(StoreErrorKind::Invalid, "invalid redis url").with_source(error)
         })?;
+        let config =
+            ConnectionManagerConfig::new().set_response_timeout(Some(options.response_timeout));
         let mut connection = client
-            .get_connection_manager()
+            .get_connection_manager_with_config(config)
             .await
             .map_err(|error| StoreError::unavailable("failed to connect to redis", error))?;
         warn_about_durability(&mut connection).await;
