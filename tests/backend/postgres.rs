@@ -53,6 +53,12 @@ pub(crate) fn trials() -> Vec<Trial> {
             group_commit_answers_all,
         ),
         trial(
+            "pg_bad_enqueue_fails_alone",
+            url,
+            VARIABLE,
+            bad_enqueue_fails_alone,
+        ),
+        trial(
             "pg_concurrent_migrations",
             url,
             VARIABLE,
@@ -158,6 +164,24 @@ async fn group_commit_answers_all(url: String) {
     let oversized: Vec<_> = (0..40).map(|_| message("bulk")).collect();
     let stored = store.enqueue(oversized).await.unwrap();
     assert!(stored.iter().all(|stored| *stored));
+}
+
+async fn bad_enqueue_fails_alone(url: String) {
+    let store = open(&url).await;
+    for _ in 0..10 {
+        // About 280,000 years before PostgreSQL's first timestamp (4713 BC),
+        // so the insert fails on the server, not in the store's checks.
+        let mut bad = message("bulk");
+        bad.available_at = std::time::UNIX_EPOCH - Duration::from_secs(1 << 43);
+        let good = message("bulk");
+
+        let (bad_result, good_result) =
+            tokio::join!(store.enqueue(vec![bad]), store.enqueue(vec![good.clone()]),);
+
+        assert_eq!(bad_result.unwrap_err().kind(), StoreErrorKind::Invalid);
+        assert_eq!(good_result.unwrap(), [true]);
+        assert!(MessageQueue::get(&store, good.id).await.unwrap().is_some());
+    }
 }
 
 async fn concurrent_migrations(url: String) {
