@@ -10,8 +10,8 @@
 #
 #   cargo test --features postgres,redis --test postgres --test redis
 #
-# The database and the keys are removed when the sourcing shell exits,
-# through an EXIT trap; a caller that sets its own EXIT trap must call
+# The database and the keys are removed by an EXIT trap when the sourcing
+# shell exits. A caller that sets its own EXIT trap must call
 # courier_ci_cleanup from it.
 
 courier_ci_wait() {
@@ -24,7 +24,7 @@ courier_ci_wait() {
         fi
         sleep 0.5
     done
-    echo "error: $name did not answer within 30 s" >&2
+    echo "error: $name did not respond within 30 s; check its log" >&2
     return 1
 }
 

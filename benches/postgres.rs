@@ -11,7 +11,7 @@
 //! ```
 //!
 //! Every configuration runs in the same process, so the printed ratios
-//! compare like with like; absolute figures depend on the machine's disk
+//! compare like with like. Absolute figures depend on the machine's disk
 //! and on whatever else it runs.
 
 use std::sync::Arc;

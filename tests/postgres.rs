@@ -4,7 +4,7 @@
 //! Runs when `TOWER_COURIER_POSTGRES_URL` names a database, such as
 //! `postgres://postgres@127.0.0.1:5432/test`; every trial uses a fresh
 //! schema. Without the variable every trial is reported as ignored, and
-//! without the `postgres` feature one ignored trial says how to enable it.
+//! without the `postgres` feature one ignored trial names the feature to enable.
 
 #[cfg(feature = "postgres")]
 #[path = "backend/postgres.rs"]

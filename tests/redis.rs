@@ -4,7 +4,7 @@
 //! Runs when `TOWER_COURIER_REDIS_URL` names a server, such as
 //! `redis://127.0.0.1:6379`; every trial uses a fresh key prefix. Without
 //! the variable every trial is reported as ignored, and without the
-//! `redis` feature one ignored trial says how to enable it.
+//! `redis` feature one ignored trial names the feature to enable.
 
 #[cfg(feature = "redis")]
 #[path = "backend/redis.rs"]

@@ -95,8 +95,8 @@ async fn write_batch(shared: &Shared, batch: Vec<EnqueueRequest>) {
     let all: Vec<&EncodedMessage> = batch.iter().flat_map(|request| &request.messages).collect();
     match insert(shared, &all).await {
         Ok(inserted) => {
-            // Shared by the whole batch: of two callers that enqueue one id
-            // in the same batch, only the first is told it was stored.
+            // Shared by the whole batch, so that of two callers that enqueue
+            // one id in the same batch, only the first gets `true`.
             let mut seen = HashSet::new();
             for request in batch {
                 let answer = mark_inserted(&request.messages, &inserted, &mut seen);
