@@ -12,7 +12,7 @@ use tower_courier::store::postgres::{PostgresOptions, PostgresStore};
 use tower_courier::store::{MessageQueue, Store, StoreErrorKind};
 
 use crate::scenarios::*;
-use crate::support::{server_url, trial, unique_name};
+use crate::support::{WarnCapture, server_url, trial, unique_name};
 
 const VARIABLE: &str = "TOWER_COURIER_POSTGRES_URL";
 
@@ -57,6 +57,12 @@ pub(crate) fn trials() -> Vec<Trial> {
             url,
             VARIABLE,
             bad_enqueue_fails_alone,
+        ),
+        trial(
+            "pg_autovacuum_warning_logged",
+            url,
+            VARIABLE,
+            autovacuum_warning_logged,
         ),
         trial(
             "pg_concurrent_migrations",
@@ -296,4 +302,26 @@ async fn store_connect_url(url: String) {
     assert!(format!("{store:?}").contains("PostgresStore"));
     let counts = store.queue().counts(&unique_name("q")).await.unwrap();
     assert_eq!(counts.pending, 0);
+}
+
+async fn autovacuum_warning_logged(url: String) {
+    let warnings = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let guard = tracing::subscriber::set_default(WarnCapture::new(warnings.clone()));
+    let store = open(&url).await;
+    drop(guard);
+
+    let setting: String = sqlx::query("SELECT current_setting('autovacuum')")
+        .fetch_one(store.pool())
+        .await
+        .unwrap()
+        .get(0);
+    let warnings = warnings.lock().unwrap().clone();
+    let warned = warnings
+        .iter()
+        .any(|warning| warning.contains("autovacuum is off"));
+    assert_eq!(
+        warned,
+        setting == "off",
+        "autovacuum {setting}: {warnings:?}"
+    );
 }

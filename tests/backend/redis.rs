@@ -12,7 +12,7 @@ use tower_courier::store::redis::{RedisOptions, RedisStore};
 use tower_courier::store::{MessageQueue, Store, StoreErrorKind};
 
 use crate::scenarios::*;
-use crate::support::{server_url, trial, unique_name};
+use crate::support::{WarnCapture, server_url, trial, unique_name};
 
 const VARIABLE: &str = "TOWER_COURIER_REDIS_URL";
 
@@ -273,7 +273,7 @@ async fn durability_warnings_logged(url: String) {
     let policy = config("maxmemory-policy").await;
 
     let warnings = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let guard = tracing::subscriber::set_default(WarnCapture(warnings.clone()));
+    let guard = tracing::subscriber::set_default(WarnCapture::new(warnings.clone()));
     let store = open(&url).await;
     drop(guard);
     let warnings = warnings.lock().unwrap().clone();
@@ -286,43 +286,4 @@ async fn durability_warnings_logged(url: String) {
         "{warnings:?}"
     );
     delete_keys(&url, store.prefix()).await;
-}
-
-/// A tracing subscriber that keeps the message of every warning.
-struct WarnCapture(Arc<std::sync::Mutex<Vec<String>>>);
-
-impl tracing::Subscriber for WarnCapture {
-    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
-        true
-    }
-
-    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-        tracing::span::Id::from_u64(1)
-    }
-
-    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
-
-    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-
-    fn event(&self, event: &tracing::Event<'_>) {
-        if *event.metadata().level() == tracing::Level::WARN {
-            let mut message = MessageText(String::new());
-            event.record(&mut message);
-            self.0.lock().unwrap().push(message.0);
-        }
-    }
-
-    fn enter(&self, _: &tracing::span::Id) {}
-
-    fn exit(&self, _: &tracing::span::Id) {}
-}
-
-struct MessageText(String);
-
-impl tracing::field::Visit for MessageText {
-    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        if field.name() == "message" {
-            self.0 = format!("{value:?}");
-        }
-    }
 }

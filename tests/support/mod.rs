@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use libtest_mimic::{Completion, Trial};
@@ -57,4 +58,50 @@ pub fn unique_name(prefix: &str) -> String {
 /// at once by any server's clock.
 pub fn long_ago() -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(1_600_000_000)
+}
+
+/// A tracing subscriber that keeps the message of every warning.
+pub struct WarnCapture(Arc<Mutex<Vec<String>>>);
+
+impl WarnCapture {
+    /// Creates a subscriber that appends warnings to `warnings`.
+    pub fn new(warnings: Arc<Mutex<Vec<String>>>) -> Self {
+        Self(warnings)
+    }
+}
+
+impl tracing::Subscriber for WarnCapture {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+
+    fn event(&self, event: &tracing::Event<'_>) {
+        if *event.metadata().level() == tracing::Level::WARN {
+            let mut message = MessageText(String::new());
+            event.record(&mut message);
+            self.0.lock().unwrap().push(message.0);
+        }
+    }
+
+    fn enter(&self, _: &tracing::span::Id) {}
+
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+struct MessageText(String);
+
+impl tracing::field::Visit for MessageText {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.0 = format!("{value:?}");
+        }
+    }
 }
