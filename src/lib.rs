@@ -14,6 +14,7 @@
 
 pub mod body;
 pub mod clock;
+pub mod idempotency;
 pub mod store;
 
 mod id;
