@@ -62,7 +62,7 @@ mod future;
 mod key;
 mod layer;
 mod lease;
-mod principal;
+pub(crate) mod principal;
 mod purge;
 mod storable;
 
@@ -90,6 +90,8 @@ pub use self::layer::{
 };
 pub use self::purge::spawn_purge_task;
 pub use self::storable::{IDEMPOTENT_REPLAYED, TOO_LARGE_TO_REPLAY};
+
+pub(crate) use self::principal::principal;
 
 /// Deduplicates requests by their `Idempotency-Key`.
 ///
