@@ -38,6 +38,7 @@ mod enqueue;
 mod layer;
 mod route;
 mod status;
+mod worker;
 
 use std::fmt;
 use std::future::Future;
@@ -60,6 +61,7 @@ pub use self::layer::{
     AcceptLayer, DEFAULT_QUEUE, DEFAULT_REQUEST_BODY_LIMIT, DEFAULT_STATUS_PREFIX,
 };
 pub use self::status::{CommandStatus, StatusFuture, StatusResponse};
+pub use self::worker::command_request;
 
 /// The id of the command a worker runs, in the extensions of the request
 /// the handler receives.

@@ -9,3 +9,10 @@ pub(crate) fn principal(extensions: &Extensions) -> Option<String> {
     let _ = extensions;
     None
 }
+
+/// Puts `principal` back into a request's extensions, as the signature
+/// check would have, for a command that a worker runs later.
+// TODO: insert `crate::auth::KeyId` once the signature layer is merged.
+pub(crate) fn insert_principal(extensions: &mut Extensions, principal: &str) {
+    let _ = (extensions, principal);
+}
