@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use axum::Router;
-use axum::response::{IntoResponse, Response};
+use axum::response::IntoResponse;
 use axum::routing::post;
 use http::{HeaderValue, StatusCode};
 use tokio::io::AsyncWriteExt;
@@ -484,9 +484,4 @@ async fn keys_are_scoped_by_path() {
     assert_eq!(order.body, "1");
     assert_eq!(refund.body, "2");
     assert!(!refund.headers.contains_key("idempotent-replayed"));
-}
-
-#[allow(dead_code)]
-fn response_type_check(response: Response) -> Response {
-    response
 }

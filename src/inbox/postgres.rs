@@ -10,6 +10,10 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS courier_inbox (
     PRIMARY KEY (consumer, message_key)
 )";
 
+/// An advisory lock key private to this table: the first eight bytes of
+/// "courier_inbox" (`courier_`) read as a big-endian integer.
+const LOCK: &str = "SELECT pg_advisory_xact_lock(7165074666424726111)";
+
 const INSERT: &str = "INSERT INTO courier_inbox (consumer, message_key, recorded_at)
     VALUES ($1, $2, $3) ON CONFLICT DO NOTHING";
 
@@ -19,12 +23,18 @@ impl sealed::Sealed for PgConnection {}
 
 impl InboxConnection for PgConnection {
     fn ensure_schema(&mut self) -> BoxFuture<'_, Result<(), InboxError>> {
+        // Two sessions running `CREATE TABLE IF NOT EXISTS` at once can both
+        // miss the table and one then fails on a unique index of the
+        // catalog, so the creation runs under a transaction-scoped lock.
         Box::pin(async move {
+            let create = |error| InboxError::new("create", error);
+            let mut tx = sqlx::Connection::begin(&mut *self).await.map_err(create)?;
+            sqlx::query(LOCK).execute(&mut *tx).await.map_err(create)?;
             sqlx::query(SCHEMA)
-                .execute(&mut *self)
+                .execute(&mut *tx)
                 .await
-                .map_err(|error| InboxError::new("create", error))?;
-            Ok(())
+                .map_err(create)?;
+            tx.commit().await.map_err(create)
         })
     }
 
