@@ -17,6 +17,36 @@
 //! If the store fails the answer is `503 Service Unavailable` and nothing
 //! is queued. Other requests go to the inner service unchanged.
 //!
+//! ```
+//! use std::sync::Arc;
+//!
+//! use axum::Router;
+//! use axum::routing::post;
+//! use bytes::Bytes;
+//! use http::{Method, Request, StatusCode};
+//! use http_body_util::Full;
+//! use tower::ServiceExt;
+//! use tower_courier::accept::AcceptLayer;
+//! use tower_courier::store::MessageQueue;
+//! use tower_courier::store::memory::MemoryStore;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let store = Arc::new(MemoryStore::new());
+//! let accept = AcceptLayer::new(store.clone()).command(Method::POST, "/orders");
+//! let app = Router::new()
+//!     .route("/orders", post(|| async { StatusCode::CREATED }))
+//!     .layer(accept.clone())
+//!     .route_service("/commands/status/{id}", accept.status_service());
+//!
+//! let request = Request::post("/orders").body(Full::new(Bytes::from("{}"))).unwrap();
+//! let response = app.oneshot(request).await.unwrap();
+//! assert_eq!(response.status(), StatusCode::ACCEPTED);
+//! assert!(response.headers()["location"].to_str().unwrap().starts_with("/commands/status/"));
+//! assert_eq!(store.counts("commands").await.unwrap().pending, 1);
+//! # }
+//! ```
+//!
 //! [`CommandStatus`] is the status resource that `Location` points to;
 //! the application mounts it at `<status prefix>/{id}`, behind the same
 //! signature check as the command routes.

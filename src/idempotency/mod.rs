@@ -21,6 +21,42 @@
 //! GET, HEAD, OPTIONS and TRACE requests pass through undeduplicated.
 //! Error bodies are `application/problem+json`.
 //!
+//! ```
+//! use std::convert::Infallible;
+//! use std::sync::Arc;
+//!
+//! use bytes::Bytes;
+//! use http::{Request, Response, StatusCode};
+//! use http_body_util::Full;
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//! use tower_courier::idempotency::IdempotencyLayer;
+//! use tower_courier::store::memory::MemoryStore;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let handler = service_fn(|_request: Request<Full<Bytes>>| async {
+//!     let mut response = Response::new(Full::new(Bytes::from("order 42")));
+//!     *response.status_mut() = StatusCode::CREATED;
+//!     Ok::<_, Infallible>(response)
+//! });
+//! let service = ServiceBuilder::new()
+//!     .layer(IdempotencyLayer::required(Arc::new(MemoryStore::new())))
+//!     .service(handler);
+//! let request = || {
+//!     Request::post("/orders")
+//!         .header("idempotency-key", "8e03978e-40d5-43e8-bc93-6894a57f9324")
+//!         .body(Full::new(Bytes::from("{}")))
+//!         .unwrap()
+//! };
+//!
+//! let first = service.clone().oneshot(request()).await.unwrap();
+//! let retry = service.oneshot(request()).await.unwrap();
+//! assert_eq!(first.status(), StatusCode::CREATED);
+//! assert_eq!(retry.status(), StatusCode::CREATED);
+//! assert_eq!(retry.headers()["idempotent-replayed"], "true");
+//! # }
+//! ```
+//!
 //! # Storing responses
 //!
 //! - 2xx and 4xx responses are stored, except 408, 409, 425 and 429. Those
