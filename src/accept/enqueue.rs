@@ -1,4 +1,4 @@
-//! Storing a command and answering `202 Accepted`.
+//! Command storage and the `202 Accepted` response.
 
 use std::sync::Arc;
 
@@ -16,7 +16,7 @@ use crate::store::NewMessage;
 /// The metadata entry that keeps the authenticated key id of a command.
 pub const PRINCIPAL_METADATA: &str = "principal";
 
-/// Stores the command, then answers `202 Accepted`; answers `503` and
+/// Stores the command, then returns `202 Accepted`. Returns `503` and
 /// stores nothing if the store fails.
 pub(crate) async fn accept<ReqBody, B>(
     config: Arc<Config>,

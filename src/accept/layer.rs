@@ -17,7 +17,7 @@ pub const DEFAULT_STATUS_PREFIX: &str = "/commands/status";
 /// The default request body limit: 2 MiB, the same as axum's.
 pub const DEFAULT_REQUEST_BODY_LIMIT: usize = 2 * 1024 * 1024;
 
-/// Answers command requests with `202 Accepted` after storing them in a
+/// Responds to command requests with `202 Accepted` after storing them in a
 /// queue for background workers.
 ///
 /// See the [module docs](super) for the flow and the wire contract.
@@ -83,8 +83,8 @@ impl AcceptLayer {
     ///
     /// # Panics
     ///
-    /// Panics if `prefix` does not start with `/` or holds characters that
-    /// a header value cannot carry.
+    /// Panics if `prefix` does not start with `/` or contains characters
+    /// that a header value cannot carry.
     pub fn status_prefix(mut self, prefix: impl Into<String>) -> Self {
         let prefix = prefix.into().trim_end_matches('/').to_owned();
         let valid = prefix.is_empty() || prefix.starts_with('/');
@@ -96,8 +96,8 @@ impl AcceptLayer {
         self
     }
 
-    /// Sets the largest command body accepted, in bytes; a longer one is
-    /// answered `413 Content Too Large`. Defaults to
+    /// Sets the largest command body accepted, in bytes; a longer one gets
+    /// `413 Content Too Large`. Defaults to
     /// [`DEFAULT_REQUEST_BODY_LIMIT`] (2 MiB).
     pub fn request_body_limit(mut self, limit: usize) -> Self {
         Arc::make_mut(&mut self.config).request_body_limit = limit;

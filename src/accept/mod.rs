@@ -4,7 +4,7 @@
 //! [`AcceptLayer`] marks some routes (a method and a path pattern) as
 //! commands. A command request is stored in a [`MessageQueue`](crate::store::MessageQueue) with its
 //! method, path and query, headers, body and authenticated principal, and
-//! only then answered:
+//! only then does the layer respond:
 //!
 //! ```text
 //! HTTP/1.1 202 Accepted
@@ -116,7 +116,7 @@ impl fmt::Display for CommandId {
     }
 }
 
-/// Stores command requests and answers `202 Accepted`.
+/// Stores command requests and responds `202 Accepted`.
 ///
 /// Built by [`AcceptLayer`].
 #[derive(Debug, Clone)]

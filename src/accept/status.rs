@@ -23,7 +23,7 @@ use crate::store::{Message, MessageQueue, MessageState};
 /// The response of [`CommandStatus`].
 pub type StatusResponse = Response<ResponseBody<Empty<Bytes>>>;
 
-/// Answers `GET <prefix>/{id}` with the JSON status of an accepted command.
+/// Serves `GET <prefix>/{id}` with the JSON status of an accepted command.
 ///
 /// The id is the last segment of the request path, so the service works
 /// wherever it is mounted, for example with axum:

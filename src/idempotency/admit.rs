@@ -21,11 +21,11 @@ use crate::store::{ClaimOutcome, FencingToken, Fingerprint, IdempotencyKey};
 /// How often a waiting request looks at the record of a running one.
 const WAIT_POLL: Duration = Duration::from_millis(50);
 
-/// What the claim decided for a request.
+/// The claim's decision for a request.
 pub(crate) enum Admission<B> {
-    /// This request holds the claim and runs the handler.
+    /// This request owns the claim and runs the handler.
     Run(FencingToken),
-    /// The layer answers without running the handler.
+    /// The layer responds without running the handler.
     Respond(Response<ResponseBody<B>>),
 }
 
@@ -36,7 +36,7 @@ pub(crate) struct Keyed {
     pub(crate) fingerprint: Fingerprint,
 }
 
-/// What to do with an incoming request before any claim.
+/// The decision on an incoming request before any claim.
 pub(crate) enum Intake<B> {
     /// The request is not deduplicated; it goes on with its body buffered.
     Pass(Request<Bytes>),
@@ -105,7 +105,7 @@ where
     })
 }
 
-/// Claims the key, or decides the answer when a record exists.
+/// Claims the key, or builds the response when a record exists.
 ///
 /// In wait mode a request whose key is held by a running request of the
 /// same fingerprint claims again every 50 ms until the wait ends, so it

@@ -1,4 +1,4 @@
-//! The request fingerprint that tells a retry from a different request
+//! The request fingerprint that distinguishes a retry from a different request
 //! sent under the same key.
 
 use http::header::CONTENT_TYPE;

@@ -8,10 +8,10 @@ use http::header::HeaderName;
 /// The `Idempotency-Key` request header.
 pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
-/// The longest key accepted, in characters, after unquoting.
+/// The maximum key length, in characters, after unquoting.
 pub const MAX_KEY_LEN: usize = 255;
 
-/// Why an `Idempotency-Key` header was rejected.
+/// The reason an `Idempotency-Key` header was rejected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum KeyError {
     /// More than one `Idempotency-Key` field was sent.

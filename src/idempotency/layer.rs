@@ -39,7 +39,7 @@ pub(crate) struct Config {
 }
 
 impl IdempotencyLayer {
-    /// Creates a layer that answers `400 Bad Request` to an unsafe request
+    /// Creates a layer that responds `400 Bad Request` to an unsafe request
     /// (any method but GET, HEAD, OPTIONS and TRACE) without a key.
     pub fn required(store: Arc<dyn IdempotencyStore>) -> Self {
         Self::with_key_required(store, true)
@@ -83,8 +83,8 @@ impl IdempotencyLayer {
         self
     }
 
-    /// Sets the largest request body accepted, in bytes; a longer one is
-    /// answered `413 Content Too Large`. Defaults to
+    /// Sets the largest request body accepted, in bytes; a longer one gets
+    /// `413 Content Too Large`. Defaults to
     /// [`DEFAULT_REQUEST_BODY_LIMIT`] (2 MiB).
     pub fn request_body_limit(mut self, limit: usize) -> Self {
         Arc::make_mut(&mut self.config).request_body_limit = limit;

@@ -5,8 +5,8 @@
 //! by (principal, method, path, key): the principal is the key id that the
 //! signature check authenticated, or none, and the path excludes the
 //! query. The request fingerprint (SHA-256 over method, path and query,
-//! `Content-Type` and body) tells a retry from a different request sent
-//! under the same key.
+//! `Content-Type` and body) distinguishes a retry from a different request
+//! sent under the same key.
 //!
 //! | Situation | Response |
 //! |---|---|

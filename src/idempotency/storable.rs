@@ -1,4 +1,4 @@
-//! Which responses are stored for replay, and which of their headers.
+//! The storable-response rule and the header filter of stored responses.
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -15,7 +15,7 @@ pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-
 ///
 /// `410 Gone` is a 4xx other than 408, 409, 425 and 429, so a sender that
 /// follows the protocol treats it as permanent and stops retrying, which is
-/// right because the operation has run. It also says what happened: the
+/// right because the operation has run. It also names what happened: the
 /// response existed and can no longer be sent. A 2xx replacement was not
 /// chosen because a client would read its body as the real result.
 pub const TOO_LARGE_TO_REPLAY: StatusCode = StatusCode::GONE;
@@ -31,7 +31,7 @@ pub(crate) fn is_storable(status: StatusCode) -> bool {
 /// named by `Connection`), `Content-Length`, `Date` and `Set-Cookie`.
 ///
 /// `Content-Length` is left to the server, which frames the replayed body
-/// itself. A cookie set for the first caller must not be handed to whoever
+/// itself. A cookie set for the first caller must not be handed to another client that
 /// retries with the same key, and a replayed `Date` would be stale.
 pub(crate) fn storable_headers(headers: &HeaderMap) -> HeaderMap {
     let named_by_connection: Vec<HeaderName> = headers
@@ -69,7 +69,7 @@ fn is_excluded(name: &HeaderName) -> bool {
 }
 
 /// Builds the record kept for a response whose body passed the response
-/// body limit, so that retries get a documented answer instead of running
+/// body limit, so that retries get a documented response instead of running
 /// the handler again.
 pub(crate) async fn too_large_replacement(original: StatusCode, limit: usize) -> StoredResponse {
     let detail = format!(
@@ -79,7 +79,7 @@ pub(crate) async fn too_large_replacement(original: StatusCode, limit: usize) ->
     );
     let (parts, body) = problem::<Empty<Bytes>>(TOO_LARGE_TO_REPLAY, Some(&detail)).into_parts();
 
-    // A body made by `problem` is complete in memory and cannot fail.
+    // `problem` builds a `Full` body, whose error type is `Infallible`.
     let body = body.collect().await.map(|collected| collected.to_bytes());
     StoredResponse {
         status: parts.status,

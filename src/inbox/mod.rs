@@ -9,7 +9,7 @@
 //! The id goes into the crate's `courier_inbox` table in that same
 //! transaction, so either both the effect and the id are committed, or
 //! neither is. `record` returns `false` when the id was already recorded:
-//! the handler then skips its writes and answers as it did the first time.
+//! the handler then skips its writes and responds as it did the first time.
 //!
 //! A handler does not need the inbox when its effect is idempotent by
 //! itself, such as setting a field to a value, deleting by id, or an
@@ -106,7 +106,7 @@ pub async fn ensure_schema<C: InboxConnection + ?Sized>(conn: &mut C) -> Result<
 /// # Errors
 ///
 /// Fails when the database rejects the insert; the caller then rolls its
-/// transaction back and answers with a 5xx so that the command is retried.
+/// transaction back and responds with a 5xx so that the command is retried.
 pub async fn record<C: InboxConnection + ?Sized>(
     conn: &mut C,
     consumer: &str,
