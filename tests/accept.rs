@@ -9,11 +9,15 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use axum::Router;
 use axum::routing::post;
+use bytes::Bytes;
 use http::{Method, Request, StatusCode};
+use http_body_util::BodyExt;
 use http_body_util::Full;
 use serde_json::Value;
+use tower::{ServiceBuilder, ServiceExt};
 use tower_courier::MessageId;
-use tower_courier::accept::AcceptLayer;
+use tower_courier::accept::{AcceptLayer, PRINCIPAL_METADATA};
+use tower_courier::auth::{Key, KeyRing, SignLayer, VerifyLayer};
 use tower_courier::idempotency::IdempotencyLayer;
 use tower_courier::store::memory::MemoryStore;
 use tower_courier::store::{
@@ -303,4 +307,32 @@ async fn status_rejects_other_methods() {
     // from the status service itself.
     assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(reply.headers["allow"], "GET, HEAD");
+}
+
+#[tokio::test]
+async fn signed_command_keeps_its_principal() {
+    let store = Arc::new(MemoryStore::new());
+    let keys = KeyRing::single(Key::from_bytes("billing", &[7; 32]).unwrap());
+    let layer = AcceptLayer::new(store.clone()).command(Method::POST, "/orders");
+    let receiver = ServiceBuilder::new()
+        .layer(VerifyLayer::new(keys.clone()))
+        .service(Router::new().route("/orders", post(created)).layer(layer));
+    let sender = ServiceBuilder::new()
+        .layer(SignLayer::new(keys))
+        .service(receiver);
+
+    let request = Request::post("/orders")
+        .body(Full::new(Bytes::from_static(b"{}")))
+        .unwrap();
+    let response = sender.oneshot(request).await.unwrap();
+
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let id: Value = serde_json::from_slice(&body).unwrap();
+    let stored = store
+        .get(id["id"].as_str().unwrap().parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.metadata[PRINCIPAL_METADATA], "billing");
 }

@@ -11,11 +11,18 @@ use axum::Router;
 use axum::response::IntoResponse;
 use axum::routing::post;
 use http::{HeaderValue, StatusCode};
+use std::convert::Infallible;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep, sleep_until};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use tower::{ServiceBuilder, ServiceExt};
+use tower_courier::auth::{Key, KeyId, KeyRing, SignLayer, VerifyLayer};
 use tower_courier::idempotency::IdempotencyLayer;
 use tower_courier::store::memory::MemoryStore;
+use tower_courier::store::sqlite::SqliteStore;
 use tower_courier::store::{
     ClaimOutcome, FencingToken, Fingerprint, IdempotencyKey, IdempotencyRecord, IdempotencyStore,
     StoreError, StoredResponse,
@@ -484,4 +491,152 @@ async fn keys_are_scoped_by_path() {
     assert_eq!(order.body, "1");
     assert_eq!(refund.body, "2");
     assert!(!refund.headers.contains_key("idempotent-replayed"));
+}
+
+#[tokio::test]
+async fn two_layers_sharing_sqlite_run_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn IdempotencyStore> = Arc::new(
+        SqliteStore::open(dir.path().join("courier.db"))
+            .await
+            .unwrap(),
+    );
+    let runs = Runs::default();
+    let delay = Duration::from_millis(200);
+    let first_layer = IdempotencyLayer::required(store.clone());
+    let second_layer = IdempotencyLayer::required(store.clone());
+    let addresses = [
+        serve(app(first_layer, runs.clone(), delay)).await,
+        serve(app(second_layer, runs.clone(), delay)).await,
+    ];
+
+    let requests = (0..50).map(|index| {
+        let address = addresses[index % 2];
+        tokio::spawn(send(
+            address,
+            common::post(address, "/orders", Some("shared"), "{}"),
+        ))
+    });
+    let mut replies = Vec::new();
+    for request in requests.collect::<Vec<_>>() {
+        replies.push(request.await.unwrap());
+    }
+
+    assert_eq!(runs.get(), 1);
+    let fresh: Vec<_> = replies
+        .iter()
+        .filter(|reply| reply.status == StatusCode::CREATED)
+        .filter(|reply| !reply.headers.contains_key("idempotent-replayed"))
+        .collect();
+    assert_eq!(fresh.len(), 1);
+    for reply in &replies {
+        let replayed = reply.headers.contains_key("idempotent-replayed");
+        let allowed = reply.status == StatusCode::CONFLICT || reply.status == StatusCode::CREATED;
+        assert!(allowed, "unexpected status {}", reply.status);
+        if replayed {
+            assert_eq!(reply.body, fresh[0].body);
+        }
+    }
+}
+
+#[tokio::test]
+async fn sqlite_replays_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("courier.db");
+    let runs = Runs::default();
+
+    let store: Arc<dyn IdempotencyStore> = Arc::new(SqliteStore::open(&path).await.unwrap());
+    let address = serve(app(
+        IdempotencyLayer::required(store),
+        runs.clone(),
+        Duration::ZERO,
+    ))
+    .await;
+    let first = send(
+        address,
+        common::post(address, "/orders", Some("restart"), "{}"),
+    )
+    .await;
+
+    let reopened: Arc<dyn IdempotencyStore> = Arc::new(SqliteStore::open(&path).await.unwrap());
+    let address = serve(app(
+        IdempotencyLayer::required(reopened),
+        runs.clone(),
+        Duration::ZERO,
+    ))
+    .await;
+    let replay = send(
+        address,
+        common::post(address, "/orders", Some("restart"), "{}"),
+    )
+    .await;
+
+    assert_eq!(runs.get(), 1);
+    assert_replay_of(&replay, &first);
+}
+
+fn key(kid: &str, byte: u8) -> Key {
+    Key::from_bytes(kid, &[byte; 32]).unwrap()
+}
+
+#[tokio::test]
+async fn keys_are_scoped_by_principal() {
+    let runs = Runs::default();
+    let receiver_keys = KeyRing::builder()
+        .signing_key(key("alpha", 1))
+        .key(key("beta", 2))
+        .build()
+        .unwrap();
+    let handler_runs = runs.clone();
+    let handler = tower::service_fn(move |request: http::Request<Full<Bytes>>| {
+        let runs = handler_runs.clone();
+        async move {
+            runs.add();
+            let kid = request
+                .extensions()
+                .get::<KeyId>()
+                .unwrap()
+                .as_str()
+                .to_owned();
+            let mut response = http::Response::new(Full::new(Bytes::from(kid)));
+            *response.status_mut() = StatusCode::CREATED;
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let receiver = ServiceBuilder::new()
+        .layer(VerifyLayer::new(receiver_keys))
+        .layer(IdempotencyLayer::required(memory()))
+        .service(handler);
+    let alpha = ServiceBuilder::new()
+        .layer(SignLayer::new(KeyRing::single(key("alpha", 1))))
+        .service(receiver.clone());
+    let beta = ServiceBuilder::new()
+        .layer(SignLayer::new(KeyRing::single(key("beta", 2))))
+        .service(receiver);
+    let request = || {
+        http::Request::post("/orders")
+            .header("idempotency-key", "shared-key")
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .unwrap()
+    };
+
+    let from_alpha = alpha.clone().oneshot(request()).await.unwrap();
+    let from_beta = beta.oneshot(request()).await.unwrap();
+    let alpha_retry = alpha.oneshot(request()).await.unwrap();
+
+    assert_eq!(runs.get(), 2);
+    assert_eq!(
+        from_alpha.into_body().collect().await.unwrap().to_bytes(),
+        "alpha"
+    );
+    assert!(!from_beta.headers().contains_key("idempotent-replayed"));
+    assert_eq!(
+        from_beta.into_body().collect().await.unwrap().to_bytes(),
+        "beta"
+    );
+    assert_eq!(alpha_retry.headers()["idempotent-replayed"], "true");
+    assert_eq!(
+        alpha_retry.into_body().collect().await.unwrap().to_bytes(),
+        "alpha"
+    );
 }

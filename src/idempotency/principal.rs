@@ -7,7 +7,9 @@ use crate::auth::KeyId;
 /// Returns the authenticated key id that the signature check stored in the
 /// request's extensions, or `None` when no authentication ran.
 pub(crate) fn principal(extensions: &Extensions) -> Option<String> {
-    extensions.get::<KeyId>().map(|key_id| key_id.as_str().to_owned())
+    extensions
+        .get::<KeyId>()
+        .map(|key_id| key_id.as_str().to_owned())
 }
 
 /// Puts `principal` back into a request's extensions, as the signature
