@@ -1,5 +1,4 @@
-//! Running the handler for a claimed key in its own task, and storing its
-//! response.
+//! Running the handler for a claimed key and storing its response.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -13,7 +12,7 @@ use tower::Service;
 
 use super::body::{Bounded, PrefixedBody, read_bounded};
 use super::layer::Config;
-use super::lease::LeaseKeeper;
+use super::lease::keep_renewed;
 use super::storable::{is_storable, storable_headers, too_large_replacement};
 use crate::BoxError;
 use crate::body::{ResponseBody, problem};
@@ -29,37 +28,25 @@ pub(crate) struct Run {
     pub(crate) token: FencingToken,
 }
 
-/// Runs the handler in a spawned task and waits for it.
-///
-/// The task stores a storable response before it returns, so dropping the
-/// returned future (a client that hangs up) neither cancels the handler
-/// nor loses its response.
-pub(crate) async fn run_detached<S, ResBody>(
-    run: Run,
-    inner: S,
-    request: Request<Full<Bytes>>,
-) -> Result<LayerResponse<ResBody>, S::Error>
-where
-    S: Service<Request<Full<Bytes>>, Response = Response<ResBody>> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    ResBody: Body<Data = Bytes> + Send + Unpin + 'static,
-    ResBody::Error: Into<BoxError>,
-{
-    match tokio::spawn(run_and_store(run, inner, request)).await {
-        Ok(result) => result,
-        Err(error) => {
-            // `run_and_store` catches the handler's panics, so only a
-            // runtime shutting down gets here.
-            tracing::error!(error = %error, "idempotent handler task ended early");
-            Ok(problem(StatusCode::INTERNAL_SERVER_ERROR, None))
-        }
-    }
+/// The handler's result, before the claim is completed or released.
+enum Produced<B, E> {
+    /// A storable response and the record to keep for it.
+    Store {
+        response: LayerResponse<B>,
+        stored: StoredResponse,
+    },
+    /// A result that is not stored, so the claim is released.
+    Release(Result<LayerResponse<B>, E>),
 }
 
-async fn run_and_store<S, ResBody>(
+/// Runs the handler under the claim, keeps the claim renewed, and stores a
+/// storable response (or releases the claim) before returning.
+///
+/// The future finishes the whole run wherever it is polled: the layer's
+/// response future moves it to a task of its own if the client goes away.
+pub(crate) async fn run_and_store<S, ResBody>(
     run: Run,
-    mut inner: S,
+    inner: S,
     request: Request<Full<Bytes>>,
 ) -> Result<LayerResponse<ResBody>, S::Error>
 where
@@ -67,37 +54,62 @@ where
     ResBody: Body<Data = Bytes> + Unpin,
     ResBody::Error: Into<BoxError>,
 {
-    let _keeper = LeaseKeeper::start(
-        run.config.store.clone(),
-        run.key.clone(),
+    let config = run.config.clone();
+    let work = produce(&run, inner, request);
+    let produced = keep_renewed(
+        config.store.as_ref(),
+        &run.key,
         run.token,
-        run.config.lease,
-    );
+        config.lease,
+        work,
+    )
+    .await;
 
+    match produced {
+        Produced::Store { response, stored } => {
+            complete(&run, &stored).await;
+            Ok(response)
+        }
+        Produced::Release(result) => {
+            release(&run).await;
+            result
+        }
+    }
+}
+
+async fn produce<S, ResBody>(
+    run: &Run,
+    mut inner: S,
+    request: Request<Full<Bytes>>,
+) -> Produced<ResBody, S::Error>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<ResBody>>,
+    ResBody: Body<Data = Bytes> + Unpin,
+    ResBody::Error: Into<BoxError>,
+{
     let call = AssertUnwindSafe(async move { inner.call(request).await });
     let response = match call.catch_unwind().await {
         Ok(Ok(response)) => response,
-        Ok(Err(error)) => {
-            release(&run).await;
-            return Err(error);
-        }
+        Ok(Err(error)) => return Produced::Release(Err(error)),
         Err(_panic) => {
             tracing::error!(key = %run.key.key, path = %run.key.path, "idempotent handler panicked");
-            release(&run).await;
-            return Ok(problem(StatusCode::INTERNAL_SERVER_ERROR, None));
+            let response = problem(StatusCode::INTERNAL_SERVER_ERROR, None);
+            return Produced::Release(Ok(response));
         }
     };
 
     if !is_storable(response.status()) {
-        release(&run).await;
-        return Ok(response.map(|body| ResponseBody::inner(PrefixedBody::passthrough(body))));
+        let response = response.map(|body| ResponseBody::inner(PrefixedBody::passthrough(body)));
+        return Produced::Release(Ok(response));
     }
-    Ok(store_response(&run, response).await)
+    read_for_storage(run, response).await
 }
 
-/// Reads the body up to the limit, stores the response, and only then
-/// returns it.
-async fn store_response<ResBody>(run: &Run, response: Response<ResBody>) -> LayerResponse<ResBody>
+/// Reads the body up to the limit and builds the record to store.
+async fn read_for_storage<ResBody, E>(
+    run: &Run,
+    response: Response<ResBody>,
+) -> Produced<ResBody, E>
 where
     ResBody: Body<Data = Bytes> + Unpin,
     ResBody::Error: Into<BoxError>,
@@ -112,8 +124,8 @@ where
                 headers: storable_headers(&parts.headers),
                 body: bytes.clone(),
             };
-            complete(run, &stored).await;
-            Response::from_parts(parts, ResponseBody::full(bytes))
+            let response = Response::from_parts(parts, ResponseBody::full(bytes));
+            Produced::Store { response, stored }
         }
         Ok(Bounded::TooLarge { prefix, rest }) => {
             tracing::warn!(
@@ -122,13 +134,14 @@ where
                 limit,
                 "response body is too large to store; retries will get 410 Gone"
             );
-            complete(run, &too_large_replacement(parts.status, limit).await).await;
-            Response::from_parts(parts, ResponseBody::inner(PrefixedBody::new(prefix, rest)))
+            let stored = too_large_replacement(parts.status, limit).await;
+            let body = ResponseBody::inner(PrefixedBody::new(prefix, rest));
+            let response = Response::from_parts(parts, body);
+            Produced::Store { response, stored }
         }
         Err(error) => {
             tracing::warn!(key = %run.key.key, error = %error, "failed to read the handler's response body");
-            release(run).await;
-            problem(StatusCode::INTERNAL_SERVER_ERROR, None)
+            Produced::Release(Ok(problem(StatusCode::INTERNAL_SERVER_ERROR, None)))
         }
     }
 }

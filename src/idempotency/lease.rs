@@ -1,43 +1,35 @@
 //! Renewal of an idempotency claim while its handler runs.
 
-use std::sync::Arc;
+use std::future::Future;
 use std::time::Duration;
-
-use tokio::task::JoinHandle;
 
 use crate::store::{FencingToken, IdempotencyKey, IdempotencyStore};
 
-/// Renews a claim every `lease / 3` until dropped.
+/// Runs `work` while renewing the claim of `key` every `lease / 3`.
 ///
 /// Renewing at a third of the lease leaves two more chances before the
-/// lease ends if one renewal fails.
-#[derive(Debug)]
-pub(crate) struct LeaseKeeper {
-    task: JoinHandle<()>,
-}
+/// lease ends if one renewal fails. Renewal runs in the same task as
+/// `work` and stops when `work` finishes or the claim is lost.
+pub(crate) async fn keep_renewed<F: Future>(
+    store: &dyn IdempotencyStore,
+    key: &IdempotencyKey,
+    token: FencingToken,
+    lease: Duration,
+    work: F,
+) -> F::Output {
+    let renewal = renew_until_lost(store, key, token, lease);
+    tokio::pin!(work, renewal);
 
-impl LeaseKeeper {
-    /// Starts renewing the claim of `key` held with `token`.
-    pub(crate) fn start(
-        store: Arc<dyn IdempotencyStore>,
-        key: IdempotencyKey,
-        token: FencingToken,
-        lease: Duration,
-    ) -> Self {
-        let task = tokio::spawn(renew_until_lost(store, key, token, lease));
-        Self { task }
-    }
-}
-
-impl Drop for LeaseKeeper {
-    fn drop(&mut self) {
-        self.task.abort();
+    tokio::select! {
+        biased;
+        output = &mut work => output,
+        () = &mut renewal => work.await,
     }
 }
 
 async fn renew_until_lost(
-    store: Arc<dyn IdempotencyStore>,
-    key: IdempotencyKey,
+    store: &dyn IdempotencyStore,
+    key: &IdempotencyKey,
     token: FencingToken,
     lease: Duration,
 ) {
@@ -45,7 +37,7 @@ async fn renew_until_lost(
     loop {
         tokio::time::sleep(period).await;
 
-        match store.renew(&key, token, lease).await {
+        match store.renew(key, token, lease).await {
             Ok(()) => tracing::trace!(key = %key.key, "renewed idempotency claim"),
             Err(error) if error.is_lease_lost() => {
                 tracing::warn!(

@@ -112,7 +112,8 @@ use http_body_util::Full;
 use tower::Service;
 
 use self::admit::{Admission, Intake, admit, intake};
-use self::execute::{LayerResponse, Run, run_detached};
+use self::execute::{LayerResponse, Run, run_and_store};
+use self::future::Step;
 use self::layer::Config;
 use crate::BoxError;
 use crate::body::ResponseBody;
@@ -202,7 +203,7 @@ async fn handle<S, ReqBody, ResBody>(
     config: Arc<Config>,
     mut inner: S,
     request: Request<ReqBody>,
-) -> Result<LayerResponse<ResBody>, S::Error>
+) -> Step<ResBody, S::Error>
 where
     S: Service<Request<Full<Bytes>>, Response = Response<ResBody>> + Send + 'static,
     S::Future: Send + 'static,
@@ -214,16 +215,17 @@ where
 {
     let keyed = match intake(&config, request).await {
         Intake::Keyed(keyed) => keyed,
-        Intake::Reject(response) => return Ok(response),
+        Intake::Reject(response) => return Step::Done(Ok(response)),
         Intake::Pass(request) => {
-            let response = inner.call(request.map(Full::new)).await?;
-            return Ok(response.map(|body| ResponseBody::inner(PrefixedBody::passthrough(body))));
+            let result = inner.call(request.map(Full::new)).await;
+            let passthrough = |body| ResponseBody::inner(PrefixedBody::passthrough(body));
+            return Step::Done(result.map(|response| response.map(passthrough)));
         }
     };
 
     let token = match admit(&config, &keyed.key, keyed.fingerprint).await {
         Admission::Run(token) => token,
-        Admission::Respond(response) => return Ok(response),
+        Admission::Respond(response) => return Step::Done(Ok(response)),
     };
 
     let run = Run {
@@ -231,5 +233,9 @@ where
         key: keyed.key,
         token,
     };
-    run_detached(run, inner, keyed.request.map(Full::new)).await
+    Step::Run(Box::pin(run_and_store(
+        run,
+        inner,
+        keyed.request.map(Full::new),
+    )))
 }
