@@ -81,6 +81,9 @@ where
         // Running the handler inline saves a task per request. A client
         // that goes away drops this future, so the unfinished run moves to
         // a task and still stores its response.
+        // NOTE: a future dropped while its claim call is in flight may
+        // leave a claim that nobody runs, and retries get 409 until its
+        // lease ends.
         let State::Running(run) = std::mem::replace(&mut self.state, State::Finished) else {
             return;
         };

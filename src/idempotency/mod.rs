@@ -73,8 +73,12 @@
 //!
 //! # Cancel safety and crashes
 //!
-//! The handler runs in its own task: a client that disconnects does not
-//! cancel it, and its response is stored. The claim is a lease (default
+//! The handler runs inside the request's future, which saves a task per
+//! request. If that future is dropped (the client disconnected, or a
+//! timeout layer above this one gave up), the unfinished run moves to a
+//! task of its own: the handler is not cancelled, and its response is
+//! stored. Only a runtime that shuts down stops it, and then the claim
+//! ends with its lease. The claim is a lease (default
 //! 60 seconds) renewed every third of the lease while the handler runs.
 //! A claim left by a crashed process is taken over once its lease ends,
 //! and a late write by the old holder is refused by its fencing token.
@@ -87,8 +91,8 @@
 //!
 //! The request body is buffered (default limit 2 MiB) and the inner service
 //! receives `Request<Full<Bytes>>`. The service must be `Clone + Send +
-//! 'static`, because the handler runs in a spawned task, and its response
-//! body must be `Unpin`, as hyper's, axum's and `Full` bodies are.
+//! 'static`, because the handler may move to a spawned task, and its
+//! response body must be `Unpin`, as hyper's, axum's and `Full` bodies are.
 
 mod admit;
 mod body;
