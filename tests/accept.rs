@@ -1,31 +1,37 @@
 //! The `202 Accepted` layer, its status resource and its workers.
 
-mod common;
+mod loopback;
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use axum::Router;
 use axum::routing::post;
+use axum::{Extension, Router};
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use http_body_util::Full;
 use serde_json::Value;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use tower::{ServiceBuilder, ServiceExt};
 use tower_courier::MessageId;
-use tower_courier::accept::{AcceptLayer, PRINCIPAL_METADATA};
-use tower_courier::auth::{Key, KeyRing, SignLayer, VerifyLayer};
+use tower_courier::accept::{AcceptLayer, CommandId, PRINCIPAL_METADATA};
+use tower_courier::auth::{Key, KeyId, KeyRing, SignLayer, VerifyLayer};
 use tower_courier::idempotency::IdempotencyLayer;
+use tower_courier::inbox;
+use tower_courier::retry::Backoff;
 use tower_courier::store::memory::MemoryStore;
+use tower_courier::store::sqlite::SqliteStore;
 use tower_courier::store::{
     Claimed, Lease, Message, MessageQueue, MessageState, NewMessage, Outcome, QueueCounts,
     StoreError, Subscription,
 };
 
-use common::{Reply, send, serve};
+use loopback::{Reply, send, serve};
 
 async fn created(body: String) -> (StatusCode, String) {
     (StatusCode::CREATED, format!("created {body}"))
@@ -63,7 +69,7 @@ async fn command_is_stored_before_202() {
 
     let reply = send(
         address,
-        common::post(address, "/orders?source=web", None, "{\"qty\":2}"),
+        loopback::post(address, "/orders?source=web", None, "{\"qty\":2}"),
     )
     .await;
 
@@ -90,7 +96,7 @@ async fn status_of_new_command_is_accepted() {
     let layer = AcceptLayer::new(store.clone()).command(Method::POST, "/orders");
     let address = serve(app(&layer)).await;
 
-    let reply = send(address, common::post(address, "/orders", None, "{}")).await;
+    let reply = send(address, loopback::post(address, "/orders", None, "{}")).await;
     let location = reply.headers["location"].to_str().unwrap();
     let (code, body) = status(address, location).await;
 
@@ -144,10 +150,10 @@ async fn other_routes_pass_through() {
         .layer(layer);
     let address = serve(router).await;
 
-    let direct = send(address, common::post(address, "/orders", None, "a")).await;
+    let direct = send(address, loopback::post(address, "/orders", None, "a")).await;
     let command = send(
         address,
-        common::post(address, "/orders/7/cancel", None, "b"),
+        loopback::post(address, "/orders/7/cancel", None, "b"),
     )
     .await;
 
@@ -168,8 +174,16 @@ async fn retried_post_gets_same_id_and_queues_nothing() {
         .layer(IdempotencyLayer::required(store.clone()));
     let address = serve(router).await;
 
-    let first = send(address, common::post(address, "/orders", Some("c1"), "{}")).await;
-    let retry = send(address, common::post(address, "/orders", Some("c1"), "{}")).await;
+    let first = send(
+        address,
+        loopback::post(address, "/orders", Some("c1"), "{}"),
+    )
+    .await;
+    let retry = send(
+        address,
+        loopback::post(address, "/orders", Some("c1"), "{}"),
+    )
+    .await;
 
     assert_eq!(first.status, StatusCode::ACCEPTED);
     assert_eq!(retry.status, StatusCode::ACCEPTED);
@@ -283,7 +297,7 @@ async fn store_failure_is_503_and_queues_nothing() {
     let layer = AcceptLayer::new(store.clone()).command(Method::POST, "/orders");
     let address = serve(app(&layer)).await;
 
-    let reply = send(address, common::post(address, "/orders", None, "{}")).await;
+    let reply = send(address, loopback::post(address, "/orders", None, "{}")).await;
 
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(reply.headers["content-type"], "application/problem+json");
@@ -301,7 +315,7 @@ async fn status_rejects_other_methods() {
     let address = serve(app(&layer)).await;
     let location = format!("/commands/status/{}", MessageId::new());
 
-    let reply = send(address, common::post(address, &location, None, "{}")).await;
+    let reply = send(address, loopback::post(address, &location, None, "{}")).await;
 
     // `route_service` bypasses axum's method router, so this status comes
     // from the status service itself.
@@ -335,4 +349,408 @@ async fn signed_command_keeps_its_principal() {
         .unwrap()
         .unwrap();
     assert_eq!(stored.metadata[PRINCIPAL_METADATA], "billing");
+}
+
+// Workers.
+
+/// Polls the status resource until the command reaches a final status.
+async fn final_status(address: SocketAddr, location: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (code, body) = status(address, location).await;
+        assert_eq!(code, StatusCode::OK);
+        let name = body["status"].as_str().unwrap().to_owned();
+        if ["succeeded", "failed", "dead"].contains(&name.as_str()) {
+            return body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "command still {name}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn fast_retries() -> Backoff {
+    Backoff::new()
+        .initial_delay(Duration::from_millis(10))
+        .max_delay(Duration::from_millis(20))
+        .max_attempts(5)
+}
+
+/// Serves a handler that answers each run with the next status of
+/// `statuses` (the last one repeats), and counts its runs.
+fn scripted(
+    store: Arc<MemoryStore>,
+    statuses: &'static [u16],
+) -> (Router, AcceptLayer, Arc<AtomicUsize>) {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let handler_runs = runs.clone();
+    let handler = move |Extension(id): Extension<CommandId>, body: String| {
+        let run = handler_runs.fetch_add(1, Ordering::SeqCst);
+        let status = statuses[run.min(statuses.len() - 1)];
+        async move {
+            (
+                StatusCode::from_u16(status).unwrap(),
+                format!("run {run} of {id}: {body}"),
+            )
+        }
+    };
+    let handlers = Router::new().route("/orders", post(handler));
+    let layer = AcceptLayer::new(store).command(Method::POST, "/orders");
+    (handlers, layer, runs)
+}
+
+#[tokio::test]
+async fn command_runs_to_succeeded() {
+    let store = Arc::new(MemoryStore::new());
+    let (handlers, layer, runs) = scripted(store.clone(), &[201]);
+    let address = serve(
+        handlers
+            .clone()
+            .layer(layer.clone())
+            .route_service("/commands/status/{id}", layer.status_service()),
+    )
+    .await;
+
+    let reply = send(
+        address,
+        loopback::post(address, "/orders", None, "{\"qty\":1}"),
+    )
+    .await;
+    let location = reply.headers["location"].to_str().unwrap().to_owned();
+    let id = accepted_id(&reply);
+    let (_, before) = status(address, &location).await;
+    let worker = layer
+        .worker(handlers)
+        .poll_interval(Duration::from_millis(20))
+        .spawn();
+    let after = final_status(address, &location).await;
+    worker.shutdown().await;
+
+    assert_eq!(before["status"], "accepted");
+    assert_eq!(after["status"], "succeeded");
+    assert_eq!(after["attempts"], 1);
+    assert_eq!(after["response"]["status"], 201);
+    assert_eq!(
+        after["response"]["body"],
+        format!("run 0 of {id}: {{\"qty\":1}}")
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn server_errors_are_retried_until_201() {
+    let store = Arc::new(MemoryStore::new());
+    let (handlers, layer, runs) = scripted(store.clone(), &[500, 500, 201]);
+    let address = serve(app_with(&handlers, &layer)).await;
+
+    let reply = send(address, loopback::post(address, "/orders", None, "{}")).await;
+    let location = reply.headers["location"].to_str().unwrap().to_owned();
+    let worker = layer
+        .worker(handlers)
+        .backoff(fast_retries())
+        .poll_interval(Duration::from_millis(20))
+        .spawn();
+    let body = final_status(address, &location).await;
+    worker.shutdown().await;
+
+    assert_eq!(body["status"], "succeeded");
+    assert_eq!(body["attempts"], 3);
+    assert_eq!(body["response"]["status"], 201);
+    assert_eq!(runs.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn client_error_fails_after_one_attempt() {
+    let store = Arc::new(MemoryStore::new());
+    let (handlers, layer, runs) = scripted(store.clone(), &[400]);
+    let address = serve(app_with(&handlers, &layer)).await;
+
+    let reply = send(address, loopback::post(address, "/orders", None, "{}")).await;
+    let location = reply.headers["location"].to_str().unwrap().to_owned();
+    let worker = layer
+        .worker(handlers)
+        .backoff(fast_retries())
+        .poll_interval(Duration::from_millis(20))
+        .spawn();
+    let body = final_status(address, &location).await;
+    worker.shutdown().await;
+
+    assert_eq!(body["status"], "failed");
+    assert_eq!(body["attempts"], 1);
+    assert_eq!(body["response"]["status"], 400);
+    assert!(body["last_error"].is_string());
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn exhausted_retries_end_dead() {
+    let store = Arc::new(MemoryStore::new());
+    let (handlers, layer, runs) = scripted(store.clone(), &[503]);
+    let address = serve(app_with(&handlers, &layer)).await;
+
+    let reply = send(address, loopback::post(address, "/orders", None, "{}")).await;
+    let location = reply.headers["location"].to_str().unwrap().to_owned();
+    let backoff = fast_retries().max_attempts(2);
+    let worker = layer
+        .worker(handlers)
+        .backoff(backoff)
+        .poll_interval(Duration::from_millis(20))
+        .spawn();
+    let body = final_status(address, &location).await;
+    worker.shutdown().await;
+
+    assert_eq!(body["status"], "dead");
+    assert_eq!(body["attempts"], 2);
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn worker_may_run_the_whole_stack() {
+    let store = Arc::new(MemoryStore::new());
+    let (handlers, layer, runs) = scripted(store.clone(), &[201]);
+    let stack = app_with(&handlers, &layer);
+    let address = serve(stack.clone()).await;
+
+    let reply = send(address, loopback::post(address, "/orders", None, "{}")).await;
+    let location = reply.headers["location"].to_str().unwrap().to_owned();
+    let worker = layer
+        .worker(stack)
+        .poll_interval(Duration::from_millis(20))
+        .spawn();
+    let body = final_status(address, &location).await;
+    worker.shutdown().await;
+
+    assert_eq!(body["status"], "succeeded");
+    assert_eq!(body["response"]["status"], 201);
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    assert_eq!(store.counts("commands").await.unwrap().succeeded, 1);
+}
+
+fn app_with(handlers: &Router, layer: &AcceptLayer) -> Router {
+    handlers
+        .clone()
+        .layer(layer.clone())
+        .route_service("/commands/status/{id}", layer.status_service())
+}
+
+// A worker process killed mid-command.
+
+/// The environment variable that makes the child test run a worker.
+const CHILD_DIR: &str = "COURIER_ACCEPT_CHILD_DIR";
+
+/// The file the child writes once the handler committed its effect.
+const COMMITTED_MARKER: &str = "effect-committed";
+
+/// The handler's own database: the inbox table and one row per effect.
+async fn app_database(dir: &Path) -> SqlitePool {
+    let options = SqliteConnectOptions::new()
+        .filename(dir.join("app.db"))
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .busy_timeout(Duration::from_secs(10));
+    let pool = SqlitePoolOptions::new()
+        .connect_with(options)
+        .await
+        .unwrap();
+    let mut conn = pool.acquire().await.unwrap();
+    inbox::ensure_schema(&mut *conn).await.unwrap();
+    sqlx::query("CREATE TABLE IF NOT EXISTS effects (command TEXT NOT NULL)")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    pool
+}
+
+/// A handler that applies its effect once per command through the inbox.
+/// In the child process it then writes the marker and hangs, so that the
+/// kill lands after the commit and before the worker records the result.
+fn inbox_handler(pool: SqlitePool, dir: PathBuf, hang_after_commit: bool) -> Router {
+    let handler = move |Extension(id): Extension<CommandId>| {
+        let (pool, dir) = (pool.clone(), dir.clone());
+        async move {
+            let mut tx = pool.begin().await.unwrap();
+            if inbox::record(&mut *tx, "orders", &id.to_string())
+                .await
+                .unwrap()
+            {
+                sqlx::query("INSERT INTO effects (command) VALUES (?1)")
+                    .bind(id.to_string())
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+            }
+            tx.commit().await.unwrap();
+
+            if hang_after_commit {
+                std::fs::write(dir.join(COMMITTED_MARKER), b"").unwrap();
+                std::future::pending::<()>().await;
+            }
+            StatusCode::CREATED
+        }
+    };
+    Router::new().route("/orders", post(handler))
+}
+
+const KILL_TEST_LEASE: Duration = Duration::from_millis(1500);
+
+/// The child side of `killed_worker_command_runs_again`: runs a worker
+/// until the parent kills the process.
+#[tokio::test]
+#[ignore = "child process of killed_worker_command_runs_again"]
+async fn killed_worker_child() {
+    let Ok(dir) = std::env::var(CHILD_DIR) else {
+        return;
+    };
+    let dir = PathBuf::from(dir);
+    let store = Arc::new(SqliteStore::open(dir.join("courier.db")).await.unwrap());
+    let pool = app_database(&dir).await;
+    let layer = AcceptLayer::new(store).command(Method::POST, "/orders");
+
+    let _worker = layer
+        .worker(inbox_handler(pool, dir.clone(), true))
+        .lease(KILL_TEST_LEASE)
+        .poll_interval(Duration::from_millis(20))
+        .spawn();
+    std::future::pending::<()>().await;
+}
+
+#[tokio::test]
+async fn killed_worker_command_runs_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(
+        SqliteStore::open(dir.path().join("courier.db"))
+            .await
+            .unwrap(),
+    );
+    let pool = app_database(dir.path()).await;
+    let layer = AcceptLayer::new(store.clone()).command(Method::POST, "/orders");
+    let handlers = inbox_handler(pool.clone(), dir.path().to_owned(), false);
+    let address = serve(app_with(&handlers, &layer)).await;
+
+    let reply = send(address, loopback::post(address, "/orders", None, "{}")).await;
+    let location = reply.headers["location"].to_str().unwrap().to_owned();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "killed_worker_child", "--ignored", "--nocapture"])
+        .env(CHILD_DIR, dir.path())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let marker = dir.path().join(COMMITTED_MARKER);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !marker.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the child never ran the command"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // `Child::kill` sends SIGKILL on Unix: no destructor or shutdown runs.
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let (_, mid) = status(address, &location).await;
+    let worker = layer
+        .worker(handlers)
+        .lease(KILL_TEST_LEASE)
+        .poll_interval(Duration::from_millis(20))
+        .spawn();
+    let body = final_status(address, &location).await;
+    worker.shutdown().await;
+
+    assert_eq!(mid["status"], "running");
+    assert_eq!(body["status"], "succeeded");
+    assert_eq!(body["attempts"], 2);
+    let (effects,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM effects")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(effects, 1);
+    let (recorded,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM courier_inbox")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(recorded, 1);
+}
+
+#[tokio::test]
+async fn worker_restores_principal_and_id() {
+    let store = Arc::new(MemoryStore::new());
+    let keys = KeyRing::single(Key::from_bytes("billing", &[7; 32]).unwrap());
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let handler_seen = seen.clone();
+    let handler = move |request: axum::extract::Request| {
+        let seen = handler_seen.clone();
+        async move {
+            let extensions = request.extensions();
+            let kid = extensions.get::<KeyId>().map(|kid| kid.as_str().to_owned());
+            let id = extensions.get::<CommandId>().map(|id| id.to_string());
+            seen.lock().unwrap().push((kid, id));
+            StatusCode::NO_CONTENT
+        }
+    };
+    let handlers = Router::new().route("/orders", post(handler));
+    let layer = AcceptLayer::new(store.clone()).command(Method::POST, "/orders");
+    let receiver = ServiceBuilder::new()
+        .layer(VerifyLayer::new(keys.clone()))
+        .service(handlers.clone().layer(layer.clone()));
+    let sender = ServiceBuilder::new()
+        .layer(SignLayer::new(keys))
+        .service(receiver);
+
+    let request = Request::post("/orders")
+        .body(Full::new(Bytes::from_static(b"{}")))
+        .unwrap();
+    let response = sender.oneshot(request).await.unwrap();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let id: Value = serde_json::from_slice(&body).unwrap();
+    let id = id["id"].as_str().unwrap().to_owned();
+    let worker = layer
+        .worker(handlers)
+        .poll_interval(Duration::from_millis(20))
+        .spawn();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while seen.lock().unwrap().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the worker never ran the command"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    worker.shutdown().await;
+
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen, [(Some("billing".to_owned()), Some(id))]);
+}
+
+#[tokio::test]
+async fn shutdown_lets_running_command_finish() {
+    let store = Arc::new(MemoryStore::new());
+    let started = Arc::new(tokio::sync::Notify::new());
+    let handler_started = started.clone();
+    let handler = move || {
+        let started = handler_started.clone();
+        async move {
+            started.notify_one();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            (StatusCode::CREATED, "finished")
+        }
+    };
+    let handlers = Router::new().route("/orders", post(handler));
+    let layer = AcceptLayer::new(store.clone()).command(Method::POST, "/orders");
+    let address = serve(app_with(&handlers, &layer)).await;
+
+    let reply = send(address, loopback::post(address, "/orders", None, "{}")).await;
+    let location = reply.headers["location"].to_str().unwrap().to_owned();
+    let worker = layer
+        .worker(handlers)
+        .poll_interval(Duration::from_millis(20))
+        .spawn();
+    started.notified().await;
+    worker.shutdown().await;
+    let (_, body) = status(address, &location).await;
+
+    assert_eq!(body["status"], "succeeded");
+    assert_eq!(body["response"]["body"], "finished");
 }

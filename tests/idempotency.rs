@@ -1,6 +1,6 @@
 //! The idempotency layer over real loopback TCP.
 
-mod common;
+mod loopback;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -28,7 +28,7 @@ use tower_courier::store::{
     StoreError, StoredResponse,
 };
 
-use common::{Reply, send, serve};
+use loopback::{Reply, send, serve};
 
 /// Counts handler runs.
 #[derive(Clone, Default)]
@@ -81,12 +81,20 @@ async fn concurrent_retry_conflicts_then_replays() {
 
     let first = tokio::spawn(send(
         address,
-        common::post(address, "/orders", Some("k1"), "{}"),
+        loopback::post(address, "/orders", Some("k1"), "{}"),
     ));
     sleep_until(start + Duration::from_millis(50)).await;
-    let second = send(address, common::post(address, "/orders", Some("k1"), "{}")).await;
+    let second = send(
+        address,
+        loopback::post(address, "/orders", Some("k1"), "{}"),
+    )
+    .await;
     sleep_until(start + Duration::from_millis(800)).await;
-    let third = send(address, common::post(address, "/orders", Some("k1"), "{}")).await;
+    let third = send(
+        address,
+        loopback::post(address, "/orders", Some("k1"), "{}"),
+    )
+    .await;
     let first = first.await.unwrap();
 
     assert_eq!(runs.get(), 1);
@@ -115,7 +123,7 @@ async fn server_error_is_not_stored() {
         .route("/orders", post(handler))
         .layer(IdempotencyLayer::required(memory()));
     let address = serve(router).await;
-    let request = || common::post(address, "/orders", Some("k2"), "{}");
+    let request = || loopback::post(address, "/orders", Some("k2"), "{}");
 
     let first = send(address, request()).await;
     let second = send(address, request()).await;
@@ -165,7 +173,11 @@ async fn client_disconnect_does_not_cancel_handler() {
         "the handler was cancelled by the disconnect"
     );
 
-    let retry = send(address, common::post(address, "/orders", Some("k3"), "{}")).await;
+    let retry = send(
+        address,
+        loopback::post(address, "/orders", Some("k3"), "{}"),
+    )
+    .await;
     assert_eq!(retry.status, StatusCode::CREATED);
     assert_eq!(retry.body, "done");
     assert_eq!(retry.headers["idempotent-replayed"], "true");
@@ -191,7 +203,7 @@ async fn replay_keeps_headers_but_not_cookies_or_date() {
         .route("/orders", post(handler))
         .layer(IdempotencyLayer::required(memory()));
     let address = serve(router).await;
-    let request = || common::post(address, "/orders", Some("k4"), "{}");
+    let request = || loopback::post(address, "/orders", Some("k4"), "{}");
 
     let first = send(address, request()).await;
     let replay = send(address, request()).await;
@@ -214,12 +226,12 @@ async fn different_request_under_same_key_is_422() {
 
     let first = send(
         address,
-        common::post(address, "/orders", Some("k5"), "{\"a\":1}"),
+        loopback::post(address, "/orders", Some("k5"), "{\"a\":1}"),
     )
     .await;
     let other = send(
         address,
-        common::post(address, "/orders", Some("k5"), "{\"a\":2}"),
+        loopback::post(address, "/orders", Some("k5"), "{\"a\":2}"),
     )
     .await;
 
@@ -235,10 +247,14 @@ async fn quoted_and_bare_keys_are_one_key() {
     let layer = IdempotencyLayer::required(memory());
     let address = serve(app(layer, runs.clone(), Duration::ZERO)).await;
 
-    let first = send(address, common::post(address, "/orders", Some("k6"), "{}")).await;
+    let first = send(
+        address,
+        loopback::post(address, "/orders", Some("k6"), "{}"),
+    )
+    .await;
     let quoted = send(
         address,
-        common::post(address, "/orders", Some("\"k6\""), "{}"),
+        loopback::post(address, "/orders", Some("\"k6\""), "{}"),
     )
     .await;
 
@@ -253,19 +269,19 @@ async fn bad_or_missing_keys_are_400() {
     let layer = IdempotencyLayer::required(memory());
     let address = serve(app(layer, runs.clone(), Duration::ZERO)).await;
 
-    let missing = send(address, common::post(address, "/orders", None, "{}")).await;
+    let missing = send(address, loopback::post(address, "/orders", None, "{}")).await;
     let empty = send(
         address,
-        common::post(address, "/orders", Some("\"\""), "{}"),
+        loopback::post(address, "/orders", Some("\"\""), "{}"),
     )
     .await;
     let too_long = "k".repeat(256);
     let long = send(
         address,
-        common::post(address, "/orders", Some(&too_long), "{}"),
+        loopback::post(address, "/orders", Some(&too_long), "{}"),
     )
     .await;
-    let mut repeated = common::post(address, "/orders", Some("k7"), "{}");
+    let mut repeated = loopback::post(address, "/orders", Some("k7"), "{}");
     repeated
         .headers_mut()
         .append("idempotency-key", HeaderValue::from_static("k7"));
@@ -284,8 +300,8 @@ async fn optional_layer_passes_requests_without_key() {
     let layer = IdempotencyLayer::optional(memory());
     let address = serve(app(layer, runs.clone(), Duration::ZERO)).await;
 
-    let first = send(address, common::post(address, "/orders", None, "{}")).await;
-    let second = send(address, common::post(address, "/orders", None, "{}")).await;
+    let first = send(address, loopback::post(address, "/orders", None, "{}")).await;
+    let second = send(address, loopback::post(address, "/orders", None, "{}")).await;
 
     assert_eq!(first.status, StatusCode::CREATED);
     assert_eq!(second.status, StatusCode::CREATED);
@@ -301,7 +317,7 @@ async fn oversized_request_body_is_413() {
 
     let reply = send(
         address,
-        common::post(address, "/orders", Some("k8"), "{\"long\":1}"),
+        loopback::post(address, "/orders", Some("k8"), "{\"long\":1}"),
     )
     .await;
 
@@ -324,7 +340,7 @@ async fn oversized_response_is_sent_once_then_410() {
         .route("/orders", post(handler))
         .layer(IdempotencyLayer::required(memory()).response_body_limit(16));
     let address = serve(router).await;
-    let request = || common::post(address, "/orders", Some("k9"), "{}");
+    let request = || loopback::post(address, "/orders", Some("k9"), "{}");
 
     let first = send(address, request()).await;
     let retry = send(address, request()).await;
@@ -345,10 +361,14 @@ async fn wait_mode_replays_instead_of_409() {
 
     let first = tokio::spawn(send(
         address,
-        common::post(address, "/orders", Some("k10"), "{}"),
+        loopback::post(address, "/orders", Some("k10"), "{}"),
     ));
     sleep(Duration::from_millis(50)).await;
-    let second = send(address, common::post(address, "/orders", Some("k10"), "{}")).await;
+    let second = send(
+        address,
+        loopback::post(address, "/orders", Some("k10"), "{}"),
+    )
+    .await;
     let first = first.await.unwrap();
 
     assert_eq!(runs.get(), 1);
@@ -363,11 +383,15 @@ async fn lease_is_renewed_while_handler_runs() {
 
     let first = tokio::spawn(send(
         address,
-        common::post(address, "/orders", Some("k11"), "{}"),
+        loopback::post(address, "/orders", Some("k11"), "{}"),
     ));
     // Well past the first lease: only renewals keep the claim alive.
     sleep(Duration::from_millis(450)).await;
-    let second = send(address, common::post(address, "/orders", Some("k11"), "{}")).await;
+    let second = send(
+        address,
+        loopback::post(address, "/orders", Some("k11"), "{}"),
+    )
+    .await;
     let first = first.await.unwrap();
 
     assert_eq!(first.status, StatusCode::CREATED);
@@ -460,7 +484,11 @@ async fn store_failure_is_503_without_running() {
     let layer = IdempotencyLayer::required(Arc::new(DownStore));
     let address = serve(app(layer, runs.clone(), Duration::ZERO)).await;
 
-    let reply = send(address, common::post(address, "/orders", Some("k13"), "{}")).await;
+    let reply = send(
+        address,
+        loopback::post(address, "/orders", Some("k13"), "{}"),
+    )
+    .await;
 
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(reply.headers["content-type"], "application/problem+json");
@@ -481,10 +509,14 @@ async fn keys_are_scoped_by_path() {
         .layer(IdempotencyLayer::required(memory()));
     let address = serve(router).await;
 
-    let order = send(address, common::post(address, "/orders", Some("k14"), "{}")).await;
+    let order = send(
+        address,
+        loopback::post(address, "/orders", Some("k14"), "{}"),
+    )
+    .await;
     let refund = send(
         address,
-        common::post(address, "/refunds", Some("k14"), "{}"),
+        loopback::post(address, "/refunds", Some("k14"), "{}"),
     )
     .await;
 
@@ -514,7 +546,7 @@ async fn two_layers_sharing_sqlite_run_once() {
         let address = addresses[index % 2];
         tokio::spawn(send(
             address,
-            common::post(address, "/orders", Some("shared"), "{}"),
+            loopback::post(address, "/orders", Some("shared"), "{}"),
         ))
     });
     let mut replies = Vec::new();
@@ -554,7 +586,7 @@ async fn sqlite_replays_after_restart() {
     .await;
     let first = send(
         address,
-        common::post(address, "/orders", Some("restart"), "{}"),
+        loopback::post(address, "/orders", Some("restart"), "{}"),
     )
     .await;
 
@@ -567,7 +599,7 @@ async fn sqlite_replays_after_restart() {
     .await;
     let replay = send(
         address,
-        common::post(address, "/orders", Some("restart"), "{}"),
+        loopback::post(address, "/orders", Some("restart"), "{}"),
     )
     .await;
 

@@ -23,7 +23,7 @@ pub const DEFAULT_REQUEST_BODY_LIMIT: usize = 2 * 1024 * 1024;
 /// See the [module docs](super) for the flow and the wire contract.
 #[derive(Debug, Clone)]
 pub struct AcceptLayer {
-    config: Arc<Config>,
+    pub(crate) config: Arc<Config>,
 }
 
 #[derive(Debug, Clone)]

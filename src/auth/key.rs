@@ -11,6 +11,7 @@ use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
+use super::canonical::SignedParts;
 use super::header::check_kid;
 
 /// The shortest accepted secret, in bytes.
@@ -144,11 +145,26 @@ impl Key {
         mac.finalize().into_bytes().into()
     }
 
-    /// Checks `signature` against HMAC-SHA256 of `message` in constant time.
-    pub(crate) fn verify(&self, message: &[u8], signature: &[u8; 32]) -> bool {
+    /// Computes the signature of `parts`, the same as [`Key::sign`] over
+    /// [`SignedParts::string_to_sign`] without building that string.
+    pub(crate) fn sign_parts(&self, parts: &SignedParts<'_>) -> [u8; 32] {
+        self.mac_over(parts).finalize().into_bytes().into()
+    }
+
+    /// Checks `signature` against the signature of `parts` in constant time.
+    pub(crate) fn verify_parts(&self, parts: &SignedParts<'_>, signature: &[u8; 32]) -> bool {
+        self.mac_over(parts).verify_slice(signature).is_ok()
+    }
+
+    fn mac_over(&self, parts: &SignedParts<'_>) -> Hmac<Sha256> {
         let mut mac = self.mac.clone();
-        mac.update(message);
-        mac.verify_slice(signature).is_ok()
+        for (index, line) in parts.lines().iter().enumerate() {
+            if index > 0 {
+                mac.update(b"\n");
+            }
+            mac.update(line.as_bytes());
+        }
+        mac
     }
 }
 
@@ -178,7 +194,9 @@ pub struct KeyRing {
 }
 
 struct Inner {
-    keys: HashMap<String, Key>,
+    // Behind `Arc`, so a verification in flight holds its key without
+    // copying the secret state.
+    keys: HashMap<String, Arc<Key>>,
     signing_kid: String,
 }
 
@@ -193,7 +211,7 @@ impl KeyRing {
     /// Creates a ring of one key, which also signs.
     pub fn single(key: Key) -> Self {
         let signing_kid = key.kid.clone();
-        let keys = HashMap::from([(key.kid.clone(), key)]);
+        let keys = HashMap::from([(key.kid.clone(), Arc::new(key))]);
         Self {
             inner: Arc::new(Inner { keys, signing_kid }),
         }
@@ -262,12 +280,12 @@ impl KeyRing {
 
     /// Returns the key named `kid`, whatever its validity window.
     pub fn get(&self, kid: &str) -> Option<&Key> {
-        self.inner.keys.get(kid)
+        self.inner.keys.get(kid).map(Arc::as_ref)
     }
 
     /// Returns the key named `kid` if it is valid at `now`.
-    pub(crate) fn lookup(&self, kid: &str, now: SystemTime) -> Result<&Key, LookupError> {
-        let key = self.get(kid).ok_or(LookupError::Unknown)?;
+    pub(crate) fn lookup(&self, kid: &str, now: SystemTime) -> Result<&Arc<Key>, LookupError> {
+        let key = self.inner.keys.get(kid).ok_or(LookupError::Unknown)?;
         if key.is_valid_at(now) {
             Ok(key)
         } else {
@@ -346,7 +364,7 @@ impl KeyRingBuilder {
                     &key.kid,
                 ));
             }
-            keys.insert(key.kid.clone(), key);
+            keys.insert(key.kid.clone(), Arc::new(key));
         }
 
         Ok(KeyRing {
@@ -479,6 +497,27 @@ mod tests {
             let error = Key::from_base64("k1", secret).unwrap_err();
             assert_eq!(error.kind(), kind, "{secret:?}");
         }
+    }
+
+    #[test]
+    fn parts_sign_like_the_string_to_sign() {
+        let key = Key::from_base64("k1", SECRET).unwrap();
+        let parts = SignedParts {
+            kid: "k1",
+            ts: "1700000000",
+            nonce: "0123456789abcdef",
+            method: "POST",
+            path_and_query: "/a?b=c",
+            body_digest: "00",
+        };
+
+        let signature = key.sign(parts.string_to_sign().as_bytes());
+
+        assert_eq!(key.sign_parts(&parts), signature);
+        assert!(key.verify_parts(&parts, &signature));
+        let mut wrong = signature;
+        wrong[31] ^= 1;
+        assert!(!key.verify_parts(&parts, &wrong));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use http_body::Body;
 use http_body_util::Full;
 use tower::{Layer, Service};
 
-use super::canonical::{SignedParts, body_digest, path_and_query};
+use super::canonical::{DigestHex, SignedParts, path_and_query};
 use super::header::SignatureHeader;
 use super::key::KeyRing;
 use super::{DEFAULT_BODY_LIMIT, HEADER_NAME};
@@ -177,7 +177,7 @@ fn sign(
 ) -> Result<Request<Full<Bytes>>, SignError> {
     let key = config.keys.signing_key();
     let nonce = new_nonce();
-    let digest = body_digest(&bytes);
+    let digest = DigestHex::of(&bytes);
     let target = path_and_query(&parts.uri);
     let timestamp = config.clock.unix_seconds();
     let ts = timestamp.to_string();
@@ -188,9 +188,9 @@ fn sign(
         nonce: &nonce,
         method: parts.method.as_str(),
         path_and_query: &target,
-        body_digest: &digest,
+        body_digest: digest.as_str(),
     };
-    let signature = key.sign(signed.string_to_sign().as_bytes());
+    let signature = key.sign_parts(&signed);
 
     // The key id and nonce are valid by construction, so only a clock
     // outside 1970-01-01T00:00:01Z..=5138-11-16 can fail here.

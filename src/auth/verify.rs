@@ -4,7 +4,7 @@ use std::future::{Future, Ready, ready};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use std::{fmt, mem};
 
 use bytes::Bytes;
@@ -15,7 +15,7 @@ use http_body::Body;
 use http_body_util::Full;
 use tower::{Layer, Service};
 
-use super::canonical::{SignedParts, body_digest, path_and_query};
+use super::canonical::{DigestHex, SignedParts, path_and_query};
 use super::header::SignatureHeader;
 use super::key::{Key, KeyId, KeyRing, LookupError};
 use super::rejection::{AuthMetrics, RejectReason, unauthorized};
@@ -269,7 +269,7 @@ where
 /// and a timestamp within the tolerance.
 struct Checked {
     header: SignatureHeader,
-    key: Key,
+    key: Arc<Key>,
     skew: i64,
 }
 
@@ -289,7 +289,8 @@ fn check_header<B>(
         .map_err(|_| reject(config, RejectReason::Malformed, None, None))?;
 
     let kid = Some(header.kid());
-    let key = match config.keys.lookup(header.kid(), config.clock.now()) {
+    let now = config.clock.now();
+    let key = match config.keys.lookup(header.kid(), now) {
         Ok(key) => key.clone(),
         Err(LookupError::Unknown) => {
             return Err(reject(config, RejectReason::UnknownKey, kid, None));
@@ -299,7 +300,7 @@ fn check_header<B>(
         }
     };
 
-    let skew = clock_skew(config.clock.unix_seconds(), header.timestamp());
+    let skew = clock_skew(unix_seconds(now), header.timestamp());
     let tolerance = i128::from(config.tolerance.as_secs());
     if skew > tolerance {
         return Err(reject(config, RejectReason::Expired, kid, Some(skew)));
@@ -313,6 +314,12 @@ fn check_header<B>(
         key,
         skew: saturate(skew),
     })
+}
+
+/// Returns whole seconds since the Unix epoch, 0 for an earlier time.
+fn unix_seconds(now: SystemTime) -> u64 {
+    now.duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs())
 }
 
 /// Returns `now - ts` in seconds: positive for a request from the past.
@@ -365,7 +372,7 @@ where
 
     let Checked { header, key, skew } = checked;
     let kid = Some(header.kid());
-    let digest = body_digest(&bytes);
+    let digest = DigestHex::of(&bytes);
     let target = path_and_query(&parts.uri);
     let signed = SignedParts {
         kid: header.kid(),
@@ -373,9 +380,9 @@ where
         nonce: header.nonce(),
         method: parts.method.as_str(),
         path_and_query: &target,
-        body_digest: &digest,
+        body_digest: digest.as_str(),
     };
-    if !key.verify(signed.string_to_sign().as_bytes(), header.signature()) {
+    if !key.verify_parts(&signed, header.signature()) {
         return Ok(reject(
             &config,
             RejectReason::BadSignature,

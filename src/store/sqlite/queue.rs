@@ -12,7 +12,7 @@ use crate::MessageId;
 use crate::store::{Claimed, Lease, MessageState, NewMessage, Outcome, StoreError, encode_headers};
 
 /// Row counts of the multi-row insert statements, largest first. A batch
-/// is cut into these sizes, so sqlx's statement cache holds a fixed set
+/// is cut into these sizes, so sqlx's statement cache contains a fixed set
 /// of prepared statements however batches vary.
 const INSERT_SIZES: [usize; 7] = [64, 32, 16, 8, 4, 2, 1];
 
@@ -91,7 +91,7 @@ async fn insert_chunk(
 }
 
 /// Inserts the messages of every enqueue in `requests` with one set of
-/// multi-row statements, and returns the enqueues' answers at their
+/// multi-row statements, and returns the enqueues' replies at their
 /// positions (other positions are `None`).
 pub(super) async fn enqueue_merged(
     connection: &mut SqliteConnection,

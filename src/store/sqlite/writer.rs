@@ -3,11 +3,11 @@
 //! Callers queue a [`Request`] and wait on a oneshot channel. The writer
 //! takes every request waiting in its channel (up to `max_batch`), applies
 //! them in one `BEGIN IMMEDIATE` transaction, commits once, and only then
-//! answers each caller. While one batch syncs to disk, the next requests
+//! replies to each caller. While one batch syncs to disk, the next requests
 //! pile up in the channel, so one disk sync covers many callers.
 //!
 //! Enqueues of one batch are merged into multi-row inserts. Lease checks,
-//! conflicts and other expected refusals are answers, not SQL errors, so
+//! conflicts and other expected rejections are replies, not SQL errors, so
 //! they never abort a batch. If a statement does fail, the batch is rolled
 //! back and each request is retried in a transaction of its own, so one
 //! failing request cannot fail the others.
@@ -86,7 +86,7 @@ pub(super) enum Request {
     },
 }
 
-/// The writer's answer to one [`Request`].
+/// The writer's reply to one [`Request`].
 #[derive(Debug)]
 pub(super) enum Response {
     Stored(Vec<bool>),
@@ -102,7 +102,7 @@ pub(super) enum Response {
 }
 
 /// What applying one request returns: an SQL error aborts the batch, a
-/// [`StoreError`] (such as a lost lease) is the request's own answer.
+/// [`StoreError`] (such as a lost lease) is the request's own reply.
 pub(super) type Applied = Result<Result<Response, StoreError>, sqlx::Error>;
 
 struct Job {
@@ -144,7 +144,7 @@ impl Writer {
         Self { sender }
     }
 
-    /// Applies `request` and returns its answer once it is committed.
+    /// Applies `request` and returns the reply once it is committed.
     pub(super) async fn call(&self, request: Request) -> Result<Response, StoreError> {
         let (reply, answer) = oneshot::channel();
         let job = Job { request, reply };
@@ -160,11 +160,11 @@ fn stopped() -> StoreError {
     )
 }
 
-/// Reports an answer of the wrong kind, which would be a bug in this module.
+/// Reports a reply of the wrong kind, which would be a bug in this module.
 pub(super) fn unexpected(response: Response) -> StoreError {
     StoreError::new(
         StoreErrorKind::Corrupt,
-        format!("sqlite writer returned an unexpected answer: {response:?}"),
+        format!("sqlite writer returned an unexpected reply: {response:?}"),
     )
 }
 
@@ -286,7 +286,7 @@ async fn apply_all(
     transaction.commit().await.map_err(BatchError::Statement)?;
     Ok(answers
         .into_iter()
-        .map(|answer| answer.expect("every request was answered above"))
+        .map(|answer| answer.expect("the loop above sets a reply for every request"))
         .collect())
 }
 
