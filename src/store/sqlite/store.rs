@@ -19,6 +19,10 @@ use crate::store::{
     QueueCounts, ReplayStore, StoreError, StoredResponse, Subscription,
 };
 
+/// Rows the writer connection's driver thread may queue before the
+/// writer task reads them.
+const WRITER_ROW_BUFFER: usize = 1_024;
+
 /// One replay-guard insert in this many also deletes expired pairs.
 const REPLAY_PRUNE_EVERY: u64 = 64;
 
@@ -69,7 +73,11 @@ impl SqliteStore {
         let cannot_open =
             |error| StoreError::unavailable(format!("cannot open sqlite database {path:?}"), error);
 
-        let mut connection = connect.connect().await.map_err(cannot_open)?;
+        // The writer reads whole claims and multi-row inserts back at once;
+        // a row buffer larger than sqlx's default of 50 keeps the driver's
+        // thread from stalling on a full channel halfway through them.
+        let writer_options = connect.clone().row_buffer_size(WRITER_ROW_BUFFER);
+        let mut connection = writer_options.connect().await.map_err(cannot_open)?;
         schema::migrate(&mut connection).await?;
         let pool = SqlitePoolOptions::new()
             .max_connections(options.read_connections)
