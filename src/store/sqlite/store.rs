@@ -10,7 +10,7 @@ use sqlx::{ConnectOptions, SqliteConnection, SqlitePool};
 
 use super::options::{SqliteOptions, Synchronous};
 use super::writer::{Request, Response, Writer, unexpected};
-use super::{idempotency, queue, read, schema};
+use super::{enqueue, idempotency, read, schema};
 use crate::MessageId;
 use crate::clock::SharedClock;
 use crate::store::{
@@ -140,7 +140,7 @@ impl SqliteStore {
         messages: &[NewMessage],
     ) -> Result<Vec<bool>, StoreError> {
         let refs: Vec<&NewMessage> = messages.iter().collect();
-        let mut inserted = queue::insert(connection, &refs, self.inner.clock.now())
+        let mut inserted = enqueue::insert(connection, &refs, self.inner.clock.now())
             .await
             .map_err(super::rows::unavailable)?;
         Ok(messages.iter().map(|m| inserted.remove(&m.id)).collect())
