@@ -38,6 +38,34 @@ where
     })
 }
 
+/// Runs `task` on a fresh Tokio runtime on this thread with a subscriber
+/// that keeps warnings, and returns its output and the warnings' messages,
+/// or the panic message if `task` panicked.
+///
+/// Call it before any trial starts: tracing caches per call site whether
+/// any subscriber wants its events, and a trial that hits a call site
+/// while another thread is installing a scoped subscriber can leave it
+/// cached as disabled, so a capture next to running trials misses events.
+pub fn capture_warnings<T>(task: impl Future<Output = T>) -> Result<(T, Vec<String>), String> {
+    let warnings = Arc::new(Mutex::new(Vec::new()));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime must start");
+    let output = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _guard = tracing::subscriber::set_default(WarnCapture(warnings.clone()));
+        runtime.block_on(task)
+    }))
+    .map_err(|panic| {
+        let text = panic.downcast_ref::<String>().cloned();
+        let text = text.or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()));
+        text.unwrap_or_else(|| "the capture panicked".to_owned())
+    })?;
+    let warnings = warnings.lock().unwrap().clone();
+    Ok((output, warnings))
+}
+
 /// Returns the one trial a target prints when built without its feature.
 pub fn feature_missing(feature: &str) -> Trial {
     let reason = format!(
@@ -61,14 +89,7 @@ pub fn long_ago() -> SystemTime {
 }
 
 /// A tracing subscriber that keeps the message of every warning.
-pub struct WarnCapture(Arc<Mutex<Vec<String>>>);
-
-impl WarnCapture {
-    /// Creates a subscriber that appends warnings to `warnings`.
-    pub fn new(warnings: Arc<Mutex<Vec<String>>>) -> Self {
-        Self(warnings)
-    }
-}
+struct WarnCapture(Arc<Mutex<Vec<String>>>);
 
 impl tracing::Subscriber for WarnCapture {
     fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
