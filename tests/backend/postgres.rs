@@ -9,7 +9,7 @@ use libtest_mimic::Trial;
 use sqlx::Row;
 use tower_courier::store::conformance::Suite;
 use tower_courier::store::postgres::{PostgresOptions, PostgresStore};
-use tower_courier::store::{MessageQueue, Store, StoreErrorKind};
+use tower_courier::store::{MessageQueue, MessageState, Store, StoreErrorKind};
 
 use crate::scenarios::*;
 use crate::support::{capture_warnings, server_url, trial, unique_name};
@@ -59,6 +59,7 @@ pub(crate) fn trials() -> Vec<Trial> {
             bad_enqueue_fails_alone,
         ),
         autovacuum_warning_logged(url),
+        trial("pg_purge_spans_batches", url, VARIABLE, purge_spans_batches),
         trial(
             "pg_concurrent_migrations",
             url,
@@ -183,6 +184,19 @@ async fn bad_enqueue_fails_alone(url: String) {
         assert_eq!(good_result.unwrap(), [true]);
         assert!(MessageQueue::get(&store, good.id).await.unwrap().is_some());
     }
+}
+
+async fn purge_spans_batches(url: String) {
+    let store = open(&url).await;
+    // More than one purge statement deletes (10,000), so the loop must run.
+    let messages: Vec<_> = (0..10_050).map(|_| message("bulk")).collect();
+    store.enqueue(messages).await.unwrap();
+
+    let later = std::time::SystemTime::now() + Duration::from_secs(3_600);
+    let purged = store.purge("bulk", MessageState::Pending, later).await;
+
+    assert_eq!(purged.unwrap(), 10_050);
+    assert_eq!(store.counts("bulk").await.unwrap().pending, 0);
 }
 
 async fn concurrent_migrations(url: String) {

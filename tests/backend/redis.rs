@@ -9,7 +9,7 @@ use std::time::Duration;
 use libtest_mimic::Trial;
 use tower_courier::store::conformance::Suite;
 use tower_courier::store::redis::{RedisOptions, RedisStore};
-use tower_courier::store::{MessageQueue, Store, StoreErrorKind};
+use tower_courier::store::{MessageQueue, MessageState, Store, StoreErrorKind};
 
 use crate::scenarios::*;
 use crate::support::{capture_warnings, server_url, trial, unique_name};
@@ -61,6 +61,12 @@ pub(crate) fn trials() -> Vec<Trial> {
             subscriber_survives_kill,
         ),
         durability_warnings_logged(url),
+        trial(
+            "redis_purge_spans_batches",
+            url,
+            VARIABLE,
+            purge_spans_batches,
+        ),
         trial(
             "redis_empty_prefix_rejected",
             url,
@@ -234,6 +240,25 @@ async fn wait_for_subscribers(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("{channel} did not reach {count} subscribers within 10 s");
+}
+
+async fn purge_spans_batches(url: String) {
+    let store = open(&url).await;
+    // More than one purge script deletes (1,000), so the loop must run.
+    let messages: Vec<_> = (0..2_050).map(|_| message("bulk")).collect();
+    store.enqueue(messages).await.unwrap();
+
+    let later = std::time::SystemTime::now() + Duration::from_secs(3_600);
+    let purged = store.purge("bulk", MessageState::Pending, later).await;
+
+    assert_eq!(purged.unwrap(), 2_050);
+    assert_eq!(store.counts("bulk").await.unwrap().pending, 0);
+    let claimed = store.claim("bulk", 10, Duration::from_secs(30)).await;
+    assert!(
+        claimed.unwrap().is_empty(),
+        "purged ids left in the due set"
+    );
+    delete_keys(&url, store.prefix()).await;
 }
 
 async fn empty_prefix_rejected(url: String) {
