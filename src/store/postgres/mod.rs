@@ -271,8 +271,12 @@ impl PostgresStore {
     /// Connects to the database at `url` with `options`, and creates or
     /// migrates the schema they name.
     ///
-    /// Must be called within a Tokio runtime, which runs the listener and
-    /// the group-commit writer.
+    /// The listener and the group-commit writer run as tasks on the Tokio
+    /// runtime of the caller.
+    ///
+    /// # Panics
+    ///
+    /// Panics when called outside a Tokio runtime.
     ///
     /// # Errors
     ///

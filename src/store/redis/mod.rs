@@ -190,7 +190,11 @@ impl RedisStore {
 
     /// Connects to the Redis server at `url` with `options`.
     ///
-    /// Must be called within a Tokio runtime, which runs the subscriber.
+    /// The subscriber runs as a task on the Tokio runtime of the caller.
+    ///
+    /// # Panics
+    ///
+    /// Panics when called outside a Tokio runtime.
     ///
     /// # Errors
     ///
