@@ -42,10 +42,10 @@ where
 /// that keeps warnings, and returns its output and the warnings' messages,
 /// or the panic message if `task` panicked.
 ///
-/// Call it before any trial starts: tracing caches per call site whether
-/// any subscriber wants its events, and a trial that hits a call site
-/// while another thread is installing a scoped subscriber can leave it
-/// cached as disabled, so a capture next to running trials misses events.
+/// Call it before any trial starts. Tracing caches per call site whether
+/// any subscriber wants its events. A trial that hits a call site while
+/// another thread installs a scoped subscriber can leave it cached as
+/// disabled, so a capture next to running trials misses events.
 pub fn capture_warnings<T>(task: impl Future<Output = T>) -> Result<(T, Vec<String>), String> {
     let warnings = Arc::new(Mutex::new(Vec::new()));
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -90,8 +90,9 @@
 //! # Not promised
 //!
 //! - The store needs PostgreSQL 13 or later.
-//! - A write that times out on the client may still commit on the server;
-//!   an enqueue of the same message id again is a safe way to find out.
+//! - A write that times out on the client may still commit on the server.
+//!   To find out, enqueue the same message id again, which is safe because
+//!   existing ids are skipped.
 //! - A `LISTEN` connection in a connection pooler such as PgBouncer in
 //!   transaction mode does not receive notifications; connect the store
 //!   to the database directly.

@@ -17,7 +17,7 @@ use crate::store::{
     StoreError, Subscription,
 };
 
-/// The most rows one purge statement deletes.
+/// The maximum number of rows one purge statement deletes.
 const PURGE_BATCH: i64 = 10_000;
 
 #[async_trait]
