@@ -12,7 +12,7 @@ use tower_courier::store::redis::{RedisOptions, RedisStore};
 use tower_courier::store::{MessageQueue, MessageState, Store, StoreErrorKind};
 
 use crate::scenarios::*;
-use crate::support::{capture_warnings, server_url, trial, unique_name};
+use crate::support::{capture_warnings, run_id, server_url, trial, unique_name};
 
 const VARIABLE: &str = "TOWER_COURIER_REDIS_URL";
 
@@ -110,11 +110,26 @@ where
     })
 }
 
-/// Opens a store with a fresh key prefix, under `TOWER_COURIER_REDIS_PREFIX`
-/// when set (as CI sets it, to delete a run's keys afterwards).
-async fn open(url: &str) -> RedisStore {
+/// Returns the key prefix of this run: `TOWER_COURIER_REDIS_PREFIX` (CI
+/// sets it, to delete a run's keys afterwards) or `test:`, then the run id.
+fn run_prefix() -> String {
     let root = std::env::var("TOWER_COURIER_REDIS_PREFIX").unwrap_or_else(|_| "test:".into());
-    let options = RedisOptions::new().prefix(format!("{}:", unique_name(&root)));
+    format!("{root}{}:", run_id())
+}
+
+/// Deletes every key this run created, including those of the
+/// conformance suite, which has no teardown of its own.
+pub(crate) fn clean_up() {
+    let Some(url) = server_url(VARIABLE) else {
+        return;
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime must start");
+    runtime.block_on(delete_keys(&url, &run_prefix()));
+}
+
+/// Opens a store with a fresh key prefix under this run's prefix.
+async fn open(url: &str) -> RedisStore {
+    let options = RedisOptions::new().prefix(format!("{}:", unique_name(&run_prefix())));
     RedisStore::connect_with(url, options)
         .await
         .expect("the test redis server must accept connections")
@@ -123,17 +138,28 @@ async fn open(url: &str) -> RedisStore {
 /// Deletes every key under `prefix`, so passing trials leave nothing.
 async fn delete_keys(url: &str, prefix: &str) {
     let mut admin = connection(url).await;
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}*"))
-        .query_async(&mut admin)
-        .await
-        .unwrap();
-    if !keys.is_empty() {
-        let _: i64 = redis::cmd("DEL")
-            .arg(keys)
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}*"))
+            .arg("COUNT")
+            .arg(1000)
             .query_async(&mut admin)
             .await
             .unwrap();
+        if !keys.is_empty() {
+            let _: i64 = redis::cmd("UNLINK")
+                .arg(keys)
+                .query_async(&mut admin)
+                .await
+                .unwrap();
+        }
+        if next == 0 {
+            return;
+        }
+        cursor = next;
     }
 }
 

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use libtest_mimic::{Completion, Trial};
@@ -73,6 +73,16 @@ pub fn feature_missing(feature: &str) -> Trial {
     );
     Trial::ignorable_test(format!("{feature}_backend"), move || {
         Ok(Completion::ignored_with(reason))
+    })
+}
+
+/// Returns 8 hex digits that differ between runs of a test target, for
+/// naming and then deleting everything one run created.
+pub fn run_id() -> &'static str {
+    static RUN_ID: OnceLock<String> = OnceLock::new();
+    RUN_ID.get_or_init(|| {
+        let id = tower_courier::MessageId::new().to_string().replace('-', "");
+        id[id.len() - 8..].to_owned()
     })
 }
 
