@@ -73,19 +73,21 @@
 //!
 //! # Table growth
 //!
-//! Finished messages stay until [`MessageQueue::purge`] deletes them;
-//! expired idempotency records until [`IdempotencyStore::purge_expired`];
-//! expired replay nonces are deleted by the store itself, at most once a
-//! minute, during inserts. Every claim and every state change writes a new
-//! row version, so a busy queue leaves many dead tuples behind. The messages
-//! table is created with `fillfactor = 90` and with autovacuum thresholds
-//! far lower than PostgreSQL's defaults (vacuum after 1% of the table or
-//! 1,000 rows changed, analyze after 2%), so autovacuum keeps up with
-//! churn instead of waiting for 20% of a large table to die. Operators can
-//! change these settings with `ALTER TABLE`; the store never resets them.
-//! None of this happens on a server with `autovacuum = off`, where the
-//! table grows until someone runs `VACUUM`: the store logs a warning at
-//! connect when it finds autovacuum off.
+//! Finished messages stay until [`MessageQueue::purge`] deletes them, and
+//! expired idempotency records until [`IdempotencyStore::purge_expired`].
+//! The store deletes expired replay nonces itself, at most once a minute,
+//! during inserts. Every claim and every state change writes a new row
+//! version, and most change the indexed `state` column, so they cannot be
+//! heap-only updates: a busy queue leaves about three dead row versions per
+//! message. The messages table is therefore created with autovacuum
+//! thresholds far below PostgreSQL's defaults: vacuum after 1,000 dead rows
+//! plus 1% of the table (the default is 50 plus 20%), analyze after 2%
+//! changed. Its `fillfactor = 90` leaves room on each page for the updates
+//! that can stay on their page. Operators can change these settings with
+//! `ALTER TABLE`; the store never resets them. None of this helps on a
+//! server with `autovacuum = off`, where the table grows until someone runs
+//! `VACUUM`, so the store logs a warning at connect when it finds
+//! autovacuum off.
 //!
 //! # Not promised
 //!
