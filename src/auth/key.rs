@@ -186,21 +186,21 @@ impl fmt::Debug for Key {
 /// whatever the time, so that a sender's clock is never a reason to send
 /// an unsigned request.
 ///
-/// During a rotation the receiver holds the old and the new key, with
-/// overlapping windows, and the senders switch their signing key.
+/// During a rotation the receiver's ring contains the old and the new key,
+/// with overlapping windows, and the senders switch their signing key.
 #[derive(Clone)]
 pub struct KeyRing {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    // Behind `Arc`, so a verification in flight holds its key without
-    // copying the secret state.
+    // Behind `Arc`, so that a verification in flight keeps a reference to
+    // its key without copying the keyed HMAC state.
     keys: HashMap<String, Arc<Key>>,
     signing_kid: String,
 }
 
-/// Why a key lookup found no usable key.
+/// The reason a key lookup found no usable key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum LookupError {
     Unknown,
@@ -385,7 +385,7 @@ pub struct KeyRingError {
     source: Option<std::io::Error>,
 }
 
-/// What is wrong with a key or key ring.
+/// The kind of problem with a key or key ring.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum KeyRingErrorKind {

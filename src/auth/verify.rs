@@ -39,13 +39,13 @@ pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
 ///
 /// Responses:
 ///
-/// - every rejection is the same `401` (see [`unauthorized`]); the reason,
+/// - Every rejection is the same `401` (see [`unauthorized`]). The reason,
 ///   key id and clock skew go to `tracing` at debug level and to
-///   [`AuthMetrics`], never the secret or the signature;
-/// - a body over the limit is `413` problem+json, with at most the limit
-///   held in memory;
-/// - a failing replay store is `503` problem+json, logged at warn level.
-///   The protocol leaves this case open; rejecting is the fail-closed
+///   [`AuthMetrics`], but never the secret or the signature.
+/// - A body over the limit gets `413` problem+json, with at most the limit
+///   held in memory.
+/// - A failing replay store gets `503` problem+json, logged at warn level.
+///   The protocol leaves this case open. Rejecting is the fail-closed
 ///   choice, because accepting would let a replay through while the store
 ///   is down.
 ///
