@@ -216,6 +216,19 @@ async fn handler_sees_header_marked_sensitive() {
 }
 
 #[tokio::test]
+async fn layer_debug_omits_nonces_and_secret() {
+    let server = Server::new();
+    let draft = Draft::new("GET", "/", b"");
+    assert_eq!(server.send(draft.request()).await.status(), StatusCode::OK);
+
+    let text = format!("{:?}", server.layer);
+
+    assert!(!text.contains(&draft.nonce), "{text}");
+    assert!(!text.contains(SECRET), "{text}");
+    assert!(text.contains("orders"), "{text}");
+}
+
+#[tokio::test]
 async fn timestamp_300s_either_way_is_accepted() {
     let server = Server::new();
 

@@ -145,9 +145,11 @@ impl fmt::Debug for VerifyLayer {
 
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The replay store is left out: the in-memory one would print every
+        // nonce it keeps.
         f.debug_struct("VerifyLayer")
             .field("keys", &self.keys)
-            .field("replay", &self.replay)
+            .field("custom_replay_store", &self.custom_replay)
             .field("tolerance", &self.tolerance)
             .field("body_limit", &self.body_limit)
             .finish_non_exhaustive()
