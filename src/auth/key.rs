@@ -268,8 +268,12 @@ impl KeyRing {
     /// Returns [`KeyRingError`] when the file cannot be read or its
     /// content is invalid.
     pub fn read_key_file(path: impl AsRef<Path>) -> Result<Self, KeyRingError> {
-        let text = std::fs::read_to_string(path.as_ref())
-            .map_err(|error| KeyRingError::new(KeyRingErrorKind::Io, "").with_source(error))?;
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|error| {
+            let mut failure = KeyRingError::new(KeyRingErrorKind::Io, "").with_source(error);
+            failure.path = Some(path.to_path_buf());
+            failure
+        })?;
         Self::from_key_file(&text)
     }
 
@@ -381,6 +385,7 @@ impl KeyRingBuilder {
 pub struct KeyRingError {
     kind: KeyRingErrorKind,
     kid: String,
+    path: Option<std::path::PathBuf>,
     line: Option<usize>,
     source: Option<std::io::Error>,
 }
@@ -414,6 +419,7 @@ impl KeyRingError {
         Self {
             kind,
             kid: kid.to_owned(),
+            path: None,
             line: None,
             source: None,
         }
@@ -463,7 +469,10 @@ impl fmt::Display for KeyRingError {
             KeyRingErrorKind::InvalidLine => {
                 f.write_str("expected a key id and a base64 secret separated by a space")
             }
-            KeyRingErrorKind::Io => f.write_str("failed to read key file"),
+            KeyRingErrorKind::Io => match &self.path {
+                Some(path) => write!(f, "failed to read key file {}", path.display()),
+                None => f.write_str("failed to read key file"),
+            },
         }
     }
 }
@@ -571,6 +580,21 @@ mod tests {
 
         assert_eq!(error.kind(), KeyRingErrorKind::InvalidLine);
         assert!(error.to_string().starts_with("line 2: "), "{error}");
+    }
+
+    #[test]
+    fn key_file_is_read_from_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.txt");
+        std::fs::write(&path, format!("orders {SECRET}\n")).unwrap();
+
+        let ring = KeyRing::read_key_file(&path).unwrap();
+        let missing = KeyRing::read_key_file(dir.path().join("absent.txt")).unwrap_err();
+
+        assert_eq!(ring.signing_key().kid(), "orders");
+        assert_eq!(missing.kind(), KeyRingErrorKind::Io);
+        assert!(missing.to_string().ends_with("absent.txt"), "{missing}");
+        assert!(std::error::Error::source(&missing).is_some());
     }
 
     #[test]
