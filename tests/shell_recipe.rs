@@ -33,7 +33,7 @@ fn recipe() -> String {
     after_marker[start..start + length].to_owned()
 }
 
-/// Starts a verifying server whose `POST /orders` answers 201 and counts
+/// Starts a verifying server whose `POST /orders` returns 201 and counts
 /// its calls.
 async fn start_server() -> (SocketAddr, Arc<AtomicUsize>) {
     let keys = KeyRing::single(Key::from_base64("orders", SECRET).unwrap());
@@ -56,7 +56,7 @@ async fn start_server() -> (SocketAddr, Arc<AtomicUsize>) {
 
 /// Runs `prelude` then the recipe in bash, with the server's URL and a
 /// secret in the environment. The blocking call runs off the runtime so
-/// the server keeps answering.
+/// the server keeps serving requests.
 async fn run_recipe(address: SocketAddr, secret: &str, prelude: &str) -> Output {
     let script = format!("{prelude}\n{}", recipe());
     let url = format!("http://{address}");
