@@ -70,7 +70,7 @@ fn batch(size: usize) -> Vec<NewMessage> {
         .collect()
 }
 
-/// The child: enqueues batches of 1 to 4 messages from many tasks and
+/// Runs the child: enqueues batches of 1 to 4 messages from many tasks and
 /// prints each id once its enqueue returned.
 fn write_until_killed(path: &Path) {
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");

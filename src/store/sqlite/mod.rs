@@ -11,8 +11,8 @@
 //! SQLite allows one writer at a time, so the store has one writer task
 //! that owns one connection. Every write (enqueue, claim, complete,
 //! idempotency claim, nonce insert) is queued to it; the task applies all
-//! queued writes in one `BEGIN IMMEDIATE` transaction and answers each
-//! caller only after `COMMIT`. Under load, one disk sync covers many
+//! queued writes in one `BEGIN IMMEDIATE` transaction and replies to
+//! each caller only after `COMMIT`. Under load, one disk sync covers many
 //! callers (group commit), and callers never see `database is locked`
 //! from each other. Reads (`get`, `counts`, `list`) use a separate pool of
 //! connections, which WAL lets run beside the writer.
@@ -33,6 +33,10 @@
 //!   only the process that made the write; other processes find messages
 //!   by polling.
 //! - Durability holds as far as the disk honours its sync requests.
+//! - A write whose caller stops waiting (its future dropped) after the
+//!   write was queued may still be applied.
+//! - Fencing tokens of messages count per message. A message purged and
+//!   enqueued again under the same id starts its tokens again.
 //!
 //! ```
 //! use std::time::{Duration, SystemTime};
@@ -54,6 +58,7 @@
 //! # }
 //! ```
 
+mod enqueue;
 mod idempotency;
 mod options;
 mod queue;

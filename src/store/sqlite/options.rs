@@ -3,7 +3,7 @@ use std::time::Duration;
 
 use crate::clock::{self, SharedClock};
 
-/// How hard SQLite works to make a commit survive a crash.
+/// The durability of a commit: which crashes it survives.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Synchronous {
@@ -58,8 +58,8 @@ impl SqliteOptions {
     }
 
     /// Sets how many queued operations one write transaction may apply.
-    /// Larger batches commit more messages per disk sync; a batch never
-    /// waits to fill up.
+    /// Larger batches commit more messages per disk sync. The writer never
+    /// waits for a batch to fill up: it takes what is queued.
     ///
     /// Default: 512. A value of 0 is treated as 1.
     pub fn max_batch(mut self, max: usize) -> Self {

@@ -1,11 +1,12 @@
 //! Creates and migrates the tables of the SQLite store.
 //!
 //! The crate keeps its own version table, `courier_schema_version`, rather
-//! than sqlx's migrator: the schema is a few statements compiled into the
-//! crate, the version row is read and written in the same `BEGIN
-//! IMMEDIATE` transaction as the migration (so two processes opening one
-//! file cannot both migrate), and no `_sqlx_migrations` table appears in a
-//! database the user may share with their own sqlx migrations.
+//! than use sqlx's migrator, for three reasons. The schema is a few
+//! statements compiled into the crate. The version row is read and written
+//! in the same `BEGIN IMMEDIATE` transaction as the migration, so two
+//! processes opening one file cannot both migrate. And no
+//! `_sqlx_migrations` table appears in a database that the user may share
+//! with their own sqlx migrations.
 
 use sqlx::{Connection, SqliteConnection};
 

@@ -3,11 +3,11 @@
 //! Callers queue a [`Request`] and wait on a oneshot channel. The writer
 //! takes every request waiting in its channel (up to `max_batch`), applies
 //! them in one `BEGIN IMMEDIATE` transaction, commits once, and only then
-//! answers each caller. While one batch syncs to disk, the next requests
+//! replies to each caller. While one batch syncs to disk, the next requests
 //! pile up in the channel, so one disk sync covers many callers.
 //!
 //! Enqueues of one batch are merged into multi-row inserts. Lease checks,
-//! conflicts and other expected refusals are answers, not SQL errors, so
+//! conflicts and other expected rejections are replies, not SQL errors, so
 //! they never abort a batch. If a statement does fail, the batch is rolled
 //! back and each request is retried in a transaction of its own, so one
 //! failing request cannot fail the others.
@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime};
 use sqlx::{Connection, SqliteConnection};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{idempotency, queue, replay};
+use super::{enqueue, idempotency, queue, replay};
 use crate::MessageId;
 use crate::clock::SharedClock;
 use crate::store::{
@@ -86,7 +86,7 @@ pub(super) enum Request {
     },
 }
 
-/// The writer's answer to one [`Request`].
+/// The writer's reply to one [`Request`].
 #[derive(Debug)]
 pub(super) enum Response {
     Stored(Vec<bool>),
@@ -102,7 +102,7 @@ pub(super) enum Response {
 }
 
 /// What applying one request returns: an SQL error aborts the batch, a
-/// [`StoreError`] (such as a lost lease) is the request's own answer.
+/// [`StoreError`] (such as a lost lease) is the request's own reply.
 pub(super) type Applied = Result<Result<Response, StoreError>, sqlx::Error>;
 
 struct Job {
@@ -144,7 +144,7 @@ impl Writer {
         Self { sender }
     }
 
-    /// Applies `request` and returns its answer once it is committed.
+    /// Applies `request` and returns the reply once it is committed.
     pub(super) async fn call(&self, request: Request) -> Result<Response, StoreError> {
         let (reply, answer) = oneshot::channel();
         let job = Job { request, reply };
@@ -160,11 +160,11 @@ fn stopped() -> StoreError {
     )
 }
 
-/// Reports an answer of the wrong kind, which would be a bug in this module.
+/// Reports a reply of the wrong kind, which would be a bug in this module.
 pub(super) fn unexpected(response: Response) -> StoreError {
     StoreError::new(
         StoreErrorKind::Corrupt,
-        format!("sqlite writer returned an unexpected answer: {response:?}"),
+        format!("sqlite writer returned an unexpected reply: {response:?}"),
     )
 }
 
@@ -190,12 +190,37 @@ impl Task {
         let now = self.clock.now();
         let requests: Vec<&Request> = jobs.iter().map(|job| &job.request).collect();
 
-        let answers = match apply_all(&mut self.connection, &requests, now).await {
-            Ok(answers) => answers,
+        let replies = match enqueue::enqueue_only(&mut self.connection, &requests, now).await {
+            Some(Ok(replies)) => replies,
+            Some(Err(error)) => {
+                tracing::warn!(%error, requests = jobs.len(), "sqlite enqueue batch failed; retrying it statement by statement");
+                self.roll_back().await;
+                self.apply_general(&requests, now).await
+            }
+            None => self.apply_general(&requests, now).await,
+        };
+
+        for (job, reply) in jobs.into_iter().zip(replies) {
+            self.notify(&job.request, &reply);
+            // A caller that gave up waiting dropped its receiver; the write
+            // is committed all the same.
+            let _ = job.reply.send(reply);
+        }
+    }
+
+    /// Applies any mix of requests in one transaction, falling back to one
+    /// transaction per request if a statement fails.
+    async fn apply_general(
+        &mut self,
+        requests: &[&Request],
+        now: SystemTime,
+    ) -> Vec<Result<Response, StoreError>> {
+        match apply_all(&mut self.connection, requests, now).await {
+            Ok(replies) => replies,
             Err(BatchError::Begin(error)) => {
                 let message = format!("sqlite write transaction could not start: {error}");
-                tracing::warn!(%error, requests = jobs.len(), "sqlite batch could not start");
-                (0..jobs.len())
+                tracing::warn!(%error, requests = requests.len(), "sqlite batch could not start");
+                (0..requests.len())
                     .map(|_| {
                         Err(StoreError::new(
                             StoreErrorKind::Unavailable,
@@ -205,16 +230,17 @@ impl Task {
                     .collect()
             }
             Err(BatchError::Statement(error)) => {
-                tracing::warn!(%error, requests = jobs.len(), "sqlite batch failed; retrying each request alone");
-                self.apply_each(&requests, now).await
+                tracing::warn!(%error, requests = requests.len(), "sqlite batch failed; retrying each request alone");
+                self.apply_each(requests, now).await
             }
-        };
+        }
+    }
 
-        for (job, answer) in jobs.into_iter().zip(answers) {
-            self.notify(&job.request, &answer);
-            // A caller that gave up waiting dropped its receiver; the write
-            // is committed all the same.
-            let _ = job.reply.send(answer);
+    /// Ends a transaction that a failed combined statement left open.
+    async fn roll_back(&mut self) {
+        // "no transaction is active" is expected when BEGIN itself failed.
+        if let Err(error) = sqlx::query("ROLLBACK").execute(&mut self.connection).await {
+            tracing::debug!(%error, "sqlite rollback after a failed enqueue batch");
         }
     }
 
@@ -273,7 +299,7 @@ async fn apply_all(
         .await
         .map_err(BatchError::Begin)?;
 
-    let mut answers = queue::enqueue_merged(&mut transaction, requests, now)
+    let mut answers = enqueue::enqueue_merged(&mut transaction, requests, now)
         .await
         .map_err(BatchError::Statement)?;
     for (request, answer) in requests.iter().zip(answers.iter_mut()) {
@@ -286,7 +312,7 @@ async fn apply_all(
     transaction.commit().await.map_err(BatchError::Statement)?;
     Ok(answers
         .into_iter()
-        .map(|answer| answer.expect("every request was answered above"))
+        .map(|answer| answer.expect("the loop above sets a reply for every request"))
         .collect())
 }
 
