@@ -217,7 +217,7 @@ fn report(servers: &[(&'static str, SocketAddr)], rounds: &[Vec<f64>], settings:
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     let middle = values.len() / 2;
-    if values.len() % 2 == 0 {
+    if values.len().is_multiple_of(2) {
         (values[middle - 1] + values[middle]) / 2.0
     } else {
         values[middle]
