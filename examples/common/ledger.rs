@@ -45,8 +45,7 @@ pub struct Command {
     pub name: String,
     /// The request body.
     pub body: Vec<u8>,
-    /// The key the inbox deduplicates by: the command id in accept mode,
-    /// the principal and idempotency key in sync mode.
+    /// The key the inbox deduplicates by.
     pub inbox_key: String,
 }
 

@@ -28,7 +28,7 @@ use http::{Method, Request, StatusCode};
 use http_body_util::Full;
 use tower::{Layer, Service, ServiceBuilder};
 use tower_courier::BoxError;
-use tower_courier::accept::{self, AcceptLayer, CommandId};
+use tower_courier::accept::{self, AcceptLayer};
 use tower_courier::auth::{KeyId, KeyRing, VerifyLayer};
 use tower_courier::idempotency::IdempotencyLayer;
 use tower_courier::store::Store;
@@ -290,14 +290,13 @@ async fn read_command(request: Request<Full<Bytes>>) -> Result<Command, (StatusC
         .map(|key| key.trim_matches('"').to_owned())
         .ok_or((StatusCode::BAD_REQUEST, "missing Idempotency-Key"))?;
 
-    // In accept mode a worker may run one command twice after a crash, so
-    // the inbox records the command id. In sync mode the idempotency layer
-    // already lets one request per key through, and the inbox records the
-    // key.
-    let inbox_key = match request.extensions().get::<CommandId>() {
-        Some(id) => id.to_string(),
-        None => format!("{principal} {idempotency_key}"),
-    };
+    // The inbox records the sender's key rather than the command id. A
+    // worker may run one command twice after a crash, which either key
+    // absorbs. NOTE: a receiver killed after the accept layer stored a
+    // command but before the idempotency layer stored its 202 queues the
+    // command again, under a new id, when the sender retries; only the
+    // sender's key catches that second copy.
+    let inbox_key = format!("{principal} {idempotency_key}");
     let body = http_body_util::BodyExt::collect(request.into_body())
         .await
         .map(|collected| collected.to_bytes().to_vec())
