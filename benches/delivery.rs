@@ -46,7 +46,9 @@ struct Tally {
 
 async fn start_receiver(listener: TcpListener, tally: Arc<Tally>) {
     loop {
-        let Ok((socket, _)) = listener.accept().await else { return };
+        let Ok((socket, _)) = listener.accept().await else {
+            return;
+        };
         let _ = socket.set_nodelay(true);
         let tally = tally.clone();
         tokio::spawn(async move {
@@ -62,7 +64,9 @@ async fn start_receiver(listener: TcpListener, tally: Arc<Tally>) {
                     Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
                 }
             });
-            let _ = http1::Builder::new().serve_connection(TokioIo::new(socket), service).await;
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(socket), service)
+                .await;
         });
     }
 }
@@ -78,12 +82,22 @@ fn client() -> HttpClient {
 }
 
 fn message(addr: SocketAddr, stamp: bool) -> NewMessage {
-    let mut message = NewMessage::new("outbox", format!("http://{addr}"), Method::POST, "/events", SystemTime::now());
+    let mut message = NewMessage::new(
+        "outbox",
+        format!("http://{addr}"),
+        Method::POST,
+        "/events",
+        SystemTime::now(),
+    );
     let key = message.id.to_string();
-    message.headers.insert("idempotency-key", key.parse().unwrap());
+    message
+        .headers
+        .insert("idempotency-key", key.parse().unwrap());
     if stamp {
         let now = micros_since_epoch().to_string();
-        message.headers.insert("x-enqueued-at", now.parse().unwrap());
+        message
+            .headers
+            .insert("x-enqueued-at", now.parse().unwrap());
     }
     message.body = Bytes::from_static(br#"{"event":"order.created","order":42}"#);
     message
@@ -138,7 +152,10 @@ async fn drain_rate(name: &str, store: Arc<dyn MessageQueue>, count: usize) {
     handle.shutdown().await;
 
     println!("{name}: {:.0} msg/s", count as f64 / elapsed.as_secs_f64());
-    println!("{name}_recorded: {:.0} msg/s", count as f64 / recorded.as_secs_f64());
+    println!(
+        "{name}_recorded: {:.0} msg/s",
+        count as f64 / recorded.as_secs_f64()
+    );
 }
 
 /// Enqueues one message every `gap` with the dispatcher running, and
@@ -160,7 +177,8 @@ async fn latency(name: &str, store: Arc<dyn MessageQueue>, count: usize, gap: Du
 
     let mut latencies = tally.latencies_us.lock().unwrap().clone();
     latencies.sort_unstable();
-    let at = |share: f64| latencies[((latencies.len() - 1) as f64 * share) as usize] as f64 / 1000.0;
+    let at =
+        |share: f64| latencies[((latencies.len() - 1) as f64 * share) as usize] as f64 / 1000.0;
     println!("{name}_p50: {:.2} ms", at(0.50));
     println!("{name}_p99: {:.2} ms", at(0.99));
 }
@@ -168,7 +186,11 @@ async fn latency(name: &str, store: Arc<dyn MessageQueue>, count: usize, gap: Du
 /// Enqueues `count` messages while the receiver is down, brings it up
 /// after `down`, and times the drain from then.
 async fn recovery(name: &str, store: Arc<dyn MessageQueue>, count: usize, down: Duration) {
-    let addr = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let addr = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
     enqueue_all(&store, addr, count).await;
     let handle = dispatcher(store).spawn();
     tokio::time::sleep(down).await;
@@ -252,9 +274,32 @@ async fn main() {
     let dir = tempfile::tempdir().unwrap();
 
     drain_rate("delivery_memory", Arc::new(MemoryStore::new()), count).await;
-    drain_rate("delivery_sqlite", sqlite_store(&dir, "drain.db").await, count).await;
-    latency("delivery_memory", Arc::new(MemoryStore::new()), latency_count, Duration::from_millis(2)).await;
-    latency("delivery_sqlite", sqlite_store(&dir, "latency.db").await, latency_count, Duration::from_millis(2)).await;
-    recovery("recovery_sqlite", sqlite_store(&dir, "recovery.db").await, count / 2, Duration::from_secs(2)).await;
+    drain_rate(
+        "delivery_sqlite",
+        sqlite_store(&dir, "drain.db").await,
+        count,
+    )
+    .await;
+    latency(
+        "delivery_memory",
+        Arc::new(MemoryStore::new()),
+        latency_count,
+        Duration::from_millis(2),
+    )
+    .await;
+    latency(
+        "delivery_sqlite",
+        sqlite_store(&dir, "latency.db").await,
+        latency_count,
+        Duration::from_millis(2),
+    )
+    .await;
+    recovery(
+        "recovery_sqlite",
+        sqlite_store(&dir, "recovery.db").await,
+        count / 2,
+        Duration::from_secs(2),
+    )
+    .await;
     retry_overhead(requests, rounds).await;
 }

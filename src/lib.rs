@@ -12,9 +12,14 @@
 )]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod accept;
 pub mod auth;
 pub mod body;
 pub mod clock;
+pub mod idempotency;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "sqlite", feature = "postgres"))))]
+pub mod inbox;
 pub mod outbox;
 pub mod retry;
 pub mod store;

@@ -23,7 +23,11 @@ use tower_courier::store::{FencingToken, Lease, MessageQueue, MessageState, NewM
 const CHILD_ENV: &str = "COURIER_TEST_CHILD_DISPATCHER";
 
 async fn sqlite_store(dir: &tempfile::TempDir) -> Arc<dyn MessageQueue> {
-    Arc::new(SqliteStore::open(dir.path().join("outbox.db")).await.unwrap())
+    Arc::new(
+        SqliteStore::open(dir.path().join("outbox.db"))
+            .await
+            .unwrap(),
+    )
 }
 
 fn quick_backoff() -> Backoff {
@@ -41,9 +45,17 @@ fn dispatcher(store: Arc<dyn MessageQueue>) -> Dispatcher {
 }
 
 fn message(destination: &str, body: &str) -> NewMessage {
-    let mut message = NewMessage::new("outbox", destination, Method::POST, "/events", SystemTime::now());
+    let mut message = NewMessage::new(
+        "outbox",
+        destination,
+        Method::POST,
+        "/events",
+        SystemTime::now(),
+    );
     let key = message.id.to_string();
-    message.headers.insert("idempotency-key", key.parse().unwrap());
+    message
+        .headers
+        .insert("idempotency-key", key.parse().unwrap());
     message.body = Bytes::from(body.to_owned());
     message
 }
@@ -71,7 +83,9 @@ fn answer_with_retry_after(value: String) -> common::Script {
     Arc::new(move |index| {
         let mut response = common::status(if index == 0 { 503 } else { 200 });
         if index == 0 {
-            response.headers_mut().insert("retry-after", value.parse().unwrap());
+            response
+                .headers_mut()
+                .insert("retry-after", value.parse().unwrap());
         }
         response
     })
@@ -84,7 +98,9 @@ async fn retry_after_seconds_delays_attempt() {
     let receiver = Receiver::start(answer_with_retry_after("3".to_owned())).await;
     let id = enqueue_one(&store, &receiver.url("")).await;
 
-    let handle = dispatcher(store.clone()).backoff(quick_backoff().max_delay(Duration::from_secs(10))).spawn();
+    let handle = dispatcher(store.clone())
+        .backoff(quick_backoff().max_delay(Duration::from_secs(10)))
+        .spawn();
     wait_for_state(&store, id, MessageState::Succeeded).await;
     handle.shutdown().await;
 
@@ -99,12 +115,17 @@ async fn retry_after_date_delays_attempt() {
     let store = sqlite_store(&dir).await;
     // An HTTP-date has whole seconds, so the next whole second plus 3 is at
     // least 3 s ahead.
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     let date = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(now + 4));
     let receiver = Receiver::start(answer_with_retry_after(date)).await;
     let id = enqueue_one(&store, &receiver.url("")).await;
 
-    let handle = dispatcher(store.clone()).backoff(quick_backoff().max_delay(Duration::from_secs(10))).spawn();
+    let handle = dispatcher(store.clone())
+        .backoff(quick_backoff().max_delay(Duration::from_secs(10)))
+        .spawn();
     wait_for_state(&store, id, MessageState::Succeeded).await;
     handle.shutdown().await;
 
@@ -137,7 +158,9 @@ async fn max_attempts_then_dead_letter() {
     let receiver = Receiver::start(always(500)).await;
     let id = enqueue_one(&store, &receiver.url("")).await;
 
-    let handle = dispatcher(store.clone()).backoff(quick_backoff().max_attempts(3)).spawn();
+    let handle = dispatcher(store.clone())
+        .backoff(quick_backoff().max_attempts(3))
+        .spawn();
     wait_for_state(&store, id, MessageState::Dead).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     handle.shutdown().await;
@@ -159,7 +182,10 @@ async fn restart_mid_backoff_keeps_key() {
     let store = sqlite_store(&dir).await;
     let receiver = Receiver::start(sequence(&[503, 200])).await;
     let id = enqueue_one(&store, &receiver.url("")).await;
-    let slow = quick_backoff().initial_delay(Duration::from_secs(2)).min_delay(Duration::from_secs(1)).max_delay(Duration::from_secs(2));
+    let slow = quick_backoff()
+        .initial_delay(Duration::from_secs(2))
+        .min_delay(Duration::from_secs(1))
+        .max_delay(Duration::from_secs(2));
 
     let first = dispatcher(store.clone()).backoff(slow).spawn();
     while receiver.count() == 0 {
@@ -174,7 +200,11 @@ async fn restart_mid_backoff_keeps_key() {
     wait_for_state(&store, id, MessageState::Succeeded).await;
     second.shutdown().await;
 
-    let keys: Vec<_> = receiver.received().iter().map(|r| r.header("idempotency-key")).collect();
+    let keys: Vec<_> = receiver
+        .received()
+        .iter()
+        .map(|r| r.header("idempotency-key"))
+        .collect();
     assert_eq!(keys, [Some(id.to_string()), Some(id.to_string())]);
     assert_eq!(first.metrics().retried, 1);
     assert_eq!(second.metrics().delivered, 1);
@@ -185,7 +215,9 @@ async fn two_dispatchers_deliver_each_once() {
     let dir = tempfile::tempdir().unwrap();
     let store = sqlite_store(&dir).await;
     let receiver = Receiver::start(always(200)).await;
-    let messages: Vec<_> = (0..500).map(|n| message(&receiver.url(""), &n.to_string())).collect();
+    let messages: Vec<_> = (0..500)
+        .map(|n| message(&receiver.url(""), &n.to_string()))
+        .collect();
     store.enqueue(messages).await.unwrap();
 
     let other = sqlite_store(&dir).await;
@@ -203,10 +235,15 @@ async fn two_dispatchers_deliver_each_once() {
 
     let mut per_key: HashMap<String, usize> = HashMap::new();
     for request in receiver.received() {
-        *per_key.entry(request.header("idempotency-key").unwrap()).or_default() += 1;
+        *per_key
+            .entry(request.header("idempotency-key").unwrap())
+            .or_default() += 1;
     }
     assert_eq!(per_key.len(), 500);
-    assert!(per_key.values().all(|count| *count == 1), "a message was sent twice");
+    assert!(
+        per_key.values().all(|count| *count == 1),
+        "a message was sent twice"
+    );
     assert_eq!(one.delivered + two.delivered, 500);
     assert!(one.delivered > 0, "first dispatcher idle: {one:?}");
     assert!(two.delivered > 0, "second dispatcher idle: {two:?}");
@@ -218,14 +255,22 @@ async fn killed_dispatcher_taken_over() {
     let dir = tempfile::tempdir().unwrap();
     let store = sqlite_store(&dir).await;
     let (addr, silent) = common::silent_receiver().await;
-    let messages: Vec<_> = (0..5).map(|n| message(&format!("http://{addr}"), &n.to_string())).collect();
+    let messages: Vec<_> = (0..5)
+        .map(|n| message(&format!("http://{addr}"), &n.to_string()))
+        .collect();
     let ids: Vec<MessageId> = messages.iter().map(|message| message.id).collect();
     store.enqueue(messages).await.unwrap();
 
     // The child dispatcher sends to a receiver that never responds, so it
     // holds every lease until it is killed.
     let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_dispatcher", "--ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "child_dispatcher",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD_ENV, dir.path().join("outbox.db"))
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
@@ -234,7 +279,11 @@ async fn killed_dispatcher_taken_over() {
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut held: HashMap<MessageId, FencingToken> = HashMap::new();
     while held.len() < ids.len() {
-        let line = lines.next_line().await.unwrap().expect("child printed its leases");
+        let line = lines
+            .next_line()
+            .await
+            .unwrap()
+            .expect("child printed its leases");
         if let Some(rest) = line.strip_prefix("LEASE ") {
             let (id, token) = rest.split_once(' ').unwrap();
             held.insert(id.parse().unwrap(), FencingToken(token.parse().unwrap()));
@@ -256,7 +305,11 @@ async fn killed_dispatcher_taken_over() {
     assert_eq!(receiver.count(), 5);
     assert_eq!(survivor.metrics().delivered, 5);
     for (id, token) in held {
-        let late = Lease { id, token, expires_at: SystemTime::now() + Duration::from_secs(30) };
+        let late = Lease {
+            id,
+            token,
+            expires_at: SystemTime::now() + Duration::from_secs(30),
+        };
         let error = store.complete(&late, None).await.unwrap_err();
         assert!(error.is_lease_lost(), "{error}");
 
@@ -274,7 +327,10 @@ async fn child_dispatcher() {
     let path = std::env::var_os(CHILD_ENV).expect("the parent test sets the store path");
     let store: Arc<dyn MessageQueue> = Arc::new(SqliteStore::open(path).await.unwrap());
     let printing = tower::service_fn(|request: http::Request<http_body_util::Full<Bytes>>| {
-        let lease = *request.extensions().get::<Lease>().expect("the worker adds the lease");
+        let lease = *request
+            .extensions()
+            .get::<Lease>()
+            .expect("the worker adds the lease");
         println!("LEASE {} {}", lease.id, lease.token.0);
         client().oneshot(request)
     });

@@ -61,7 +61,10 @@ async fn receiver_recovers_after_outage() {
         .service(client());
 
     let delivery = outbox
-        .oneshot(post(&format!("http://{addr}/orders?x=1"), r#"{"order":42}"#))
+        .oneshot(post(
+            &format!("http://{addr}/orders?x=1"),
+            r#"{"order":42}"#,
+        ))
         .await
         .unwrap();
     let id = queued_id(delivery).await;
@@ -79,7 +82,10 @@ async fn receiver_recovers_after_outage() {
         assert_eq!(attempt.body, r#"{"order":42}"#);
         assert_eq!(attempt.uri.to_string(), "/orders?x=1");
         assert_eq!(attempt.header("idempotency-key"), Some(id.to_string()));
-        assert_eq!(attempt.header("content-type").as_deref(), Some("application/json"));
+        assert_eq!(
+            attempt.header("content-type").as_deref(),
+            Some("application/json")
+        );
     }
     let message = store.get(id).await.unwrap().unwrap();
     assert_eq!(message.outcome.unwrap().status, 201);
@@ -103,7 +109,9 @@ async fn transient_failures_are_queued() {
     for (case, url) in cases {
         let store = memory_store();
         let outbox = ServiceBuilder::new()
-            .layer(OutboxLayer::optimistic(store.clone()).attempt_timeout(Duration::from_millis(300)))
+            .layer(
+                OutboxLayer::optimistic(store.clone()).attempt_timeout(Duration::from_millis(300)),
+            )
             .service(client());
 
         let delivery = outbox.oneshot(post(&url, "{}")).await.unwrap();
@@ -111,9 +119,16 @@ async fn transient_failures_are_queued() {
         let Delivery::Queued(queued) = delivery else {
             panic!("{case}: expected queued, got {delivery:?}");
         };
-        assert!(matches!(queued.reason, QueuedReason::Transient { .. }), "{case}");
+        assert!(
+            matches!(queued.reason, QueuedReason::Transient { .. }),
+            "{case}"
+        );
         let stored = store.get(queued.id).await.unwrap();
-        assert_eq!(stored.map(|message| message.state), Some(MessageState::Pending), "{case}");
+        assert_eq!(
+            stored.map(|message| message.state),
+            Some(MessageState::Pending),
+            "{case}"
+        );
     }
 }
 
@@ -126,7 +141,10 @@ async fn permanent_failures_come_back() {
             .layer(OutboxLayer::optimistic(store.clone()))
             .service(client());
 
-        let delivery = outbox.oneshot(post(&receiver.url("/x"), "{}")).await.unwrap();
+        let delivery = outbox
+            .oneshot(post(&receiver.url("/x"), "{}"))
+            .await
+            .unwrap();
 
         let Delivery::Rejected(response) = delivery else {
             panic!("{code}: expected rejected, got {delivery:?}");
@@ -143,7 +161,10 @@ async fn unsupported_scheme_comes_back() {
         .layer(OutboxLayer::optimistic(store.clone()))
         .service(client());
 
-    let error = outbox.oneshot(post("ftp://127.0.0.1/file", "{}")).await.unwrap_err();
+    let error = outbox
+        .oneshot(post("ftp://127.0.0.1/file", "{}"))
+        .await
+        .unwrap_err();
 
     assert_eq!(error.kind(), OutboxErrorKind::InvalidRequest);
     assert_eq!(store.counts("outbox").await.unwrap(), Default::default());
@@ -157,7 +178,10 @@ async fn success_stores_nothing() {
         .layer(OutboxLayer::optimistic(store.clone()))
         .service(client());
 
-    let delivery = outbox.oneshot(post(&receiver.url("/x"), "{}")).await.unwrap();
+    let delivery = outbox
+        .oneshot(post(&receiver.url("/x"), "{}"))
+        .await
+        .unwrap();
 
     assert!(delivery.is_delivered(), "{delivery:?}");
     assert_eq!(store.counts("outbox").await.unwrap(), Default::default());
@@ -173,15 +197,27 @@ async fn caller_key_kept_in_outbox() {
         .layer(OutboxLayer::optimistic(store.clone()).backoff(quick_backoff()))
         .service(client());
     let mut request = post(&receiver.url("/x"), "{}");
-    request.headers_mut().insert("idempotency-key", "caller-key-1".parse().unwrap());
+    request
+        .headers_mut()
+        .insert("idempotency-key", "caller-key-1".parse().unwrap());
 
     let id = queued_id(outbox.oneshot(request).await.unwrap()).await;
     let handle = dispatcher(store.clone()).spawn();
     wait_for_state(&store, id, MessageState::Succeeded).await;
     handle.shutdown().await;
 
-    let keys: Vec<_> = receiver.received().iter().map(|r| r.header("idempotency-key")).collect();
-    assert_eq!(keys, [Some("caller-key-1".to_owned()), Some("caller-key-1".to_owned())]);
+    let keys: Vec<_> = receiver
+        .received()
+        .iter()
+        .map(|r| r.header("idempotency-key"))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            Some("caller-key-1".to_owned()),
+            Some("caller-key-1".to_owned())
+        ]
+    );
 }
 
 #[tokio::test]
@@ -192,7 +228,10 @@ async fn background_mode_queues_at_once() {
         .layer(OutboxLayer::background(store.clone()))
         .service(client());
 
-    let delivery = outbox.oneshot(post(&receiver.url("/x"), "{}")).await.unwrap();
+    let delivery = outbox
+        .oneshot(post(&receiver.url("/x"), "{}"))
+        .await
+        .unwrap();
 
     let Delivery::Queued(queued) = delivery else {
         panic!("expected queued, got {delivery:?}");
@@ -219,7 +258,13 @@ async fn background_permanent_failure_dead_lettered() {
         .layer(OutboxLayer::background(store.clone()))
         .service(client());
 
-    let id = queued_id(outbox.oneshot(post(&receiver.url("/x"), "{}")).await.unwrap()).await;
+    let id = queued_id(
+        outbox
+            .oneshot(post(&receiver.url("/x"), "{}"))
+            .await
+            .unwrap(),
+    )
+    .await;
     let handle = dispatcher(store.clone()).spawn();
     wait_for_state(&store, id, MessageState::Dead).await;
     handle.shutdown().await;
@@ -240,7 +285,10 @@ async fn body_over_limit_stores_nothing() {
         .layer(OutboxLayer::background(store.clone()).body_limit(4))
         .service(client());
 
-    let error = outbox.oneshot(post("http://127.0.0.1:9/x", "too long")).await.unwrap_err();
+    let error = outbox
+        .oneshot(post("http://127.0.0.1:9/x", "too long"))
+        .await
+        .unwrap_err();
 
     assert_eq!(error.kind(), OutboxErrorKind::BodyTooLarge);
     assert_eq!(store.counts("outbox").await.unwrap(), Default::default());
@@ -254,7 +302,13 @@ async fn dead_letter_can_be_retried() {
         .layer(OutboxLayer::background(store.clone()))
         .service(client());
 
-    let id = queued_id(outbox.oneshot(post(&receiver.url("/x"), "{}")).await.unwrap()).await;
+    let id = queued_id(
+        outbox
+            .oneshot(post(&receiver.url("/x"), "{}"))
+            .await
+            .unwrap(),
+    )
+    .await;
     let handle: WorkerHandle = dispatcher(store.clone()).spawn();
     wait_for_state(&store, id, MessageState::Dead).await;
     assert!(store.retry(id).await.unwrap());

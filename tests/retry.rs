@@ -23,7 +23,9 @@ fn fast_layer() -> RetryLayer {
 async fn get_retried_until_success() {
     let receiver = Receiver::start(sequence(&[503, 500, 200])).await;
     let service = ServiceBuilder::new().layer(fast_layer()).service(client());
-    let request = Request::get(receiver.url("/health")).body(Full::new(Bytes::new())).unwrap();
+    let request = Request::get(receiver.url("/health"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
 
     let response = service.oneshot(request).await.unwrap();
 
@@ -36,7 +38,10 @@ async fn post_without_key_sent_once() {
     let receiver = Receiver::start(always(503)).await;
     let service = ServiceBuilder::new().layer(fast_layer()).service(client());
 
-    let response = service.oneshot(post(&receiver.url("/orders"), "{}")).await.unwrap();
+    let response = service
+        .oneshot(post(&receiver.url("/orders"), "{}"))
+        .await
+        .unwrap();
 
     assert_eq!(response.status(), 503);
     assert_eq!(receiver.count(), 1);
@@ -47,7 +52,9 @@ async fn post_with_key_retried_with_same_bytes() {
     let receiver = Receiver::start(sequence(&[429, 502, 201])).await;
     let service = ServiceBuilder::new().layer(fast_layer()).service(client());
     let mut request = post(&receiver.url("/orders?x=1"), r#"{"id":42}"#);
-    request.headers_mut().insert("idempotency-key", "order-42".parse().unwrap());
+    request
+        .headers_mut()
+        .insert("idempotency-key", "order-42".parse().unwrap());
 
     let response = service.oneshot(request).await.unwrap();
 
@@ -56,7 +63,10 @@ async fn post_with_key_retried_with_same_bytes() {
     assert_eq!(received.len(), 3);
     for attempt in &received {
         assert_eq!(attempt.body, r#"{"id":42}"#);
-        assert_eq!(attempt.header("idempotency-key").as_deref(), Some("order-42"));
+        assert_eq!(
+            attempt.header("idempotency-key").as_deref(),
+            Some("order-42")
+        );
         assert_eq!(attempt.uri.to_string(), "/orders?x=1");
     }
 }
@@ -65,7 +75,9 @@ async fn post_with_key_retried_with_same_bytes() {
 async fn permanent_status_not_retried() {
     let receiver = Receiver::start(always(422)).await;
     let service = ServiceBuilder::new().layer(fast_layer()).service(client());
-    let request = Request::get(receiver.url("/x")).body(Full::new(Bytes::new())).unwrap();
+    let request = Request::get(receiver.url("/x"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
 
     let response = service.oneshot(request).await.unwrap();
 
@@ -82,7 +94,9 @@ async fn attempts_stop_at_maximum() {
             .max_attempts(4),
     );
     let service = ServiceBuilder::new().layer(layer).service(client());
-    let request = Request::get(receiver.url("/x")).body(Full::new(Bytes::new())).unwrap();
+    let request = Request::get(receiver.url("/x"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
 
     let response = service.oneshot(request).await.unwrap();
 
@@ -110,19 +124,27 @@ async fn body_over_limit_not_sent() {
 #[tokio::test]
 async fn unsupported_scheme_not_sent() {
     let service = ServiceBuilder::new().layer(fast_layer()).service(client());
-    let request = Request::get("ftp://127.0.0.1/file").body(Full::new(Bytes::new())).unwrap();
+    let request = Request::get("ftp://127.0.0.1/file")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
 
     let error = service.oneshot(request).await.unwrap_err();
 
     assert_eq!(error.kind(), RetryErrorKind::InvalidRequest);
-    assert!(error.source_text().contains("ftp"), "{}", error.source_text());
+    assert!(
+        error.source_text().contains("ftp"),
+        "{}",
+        error.source_text()
+    );
 }
 
 #[tokio::test]
 async fn refused_connection_retried_then_reported() {
     let addr = common::free_addr().await;
     let service = ServiceBuilder::new().layer(fast_layer()).service(client());
-    let request = Request::get(format!("http://{addr}/x")).body(Full::new(Bytes::new())).unwrap();
+    let request = Request::get(format!("http://{addr}/x"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
 
     let error = service.oneshot(request).await.unwrap_err();
 
@@ -135,7 +157,9 @@ async fn attempt_timeout_retried() {
     let (addr, _task) = silent_receiver().await;
     let layer = fast_layer().attempt_timeout(Duration::from_millis(100));
     let service = ServiceBuilder::new().layer(layer).service(client());
-    let request = Request::get(format!("http://{addr}/x")).body(Full::new(Bytes::new())).unwrap();
+    let request = Request::get(format!("http://{addr}/x"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
 
     let error = service.oneshot(request).await.unwrap_err();
 
@@ -150,25 +174,35 @@ async fn deadline_ends_the_call() {
         .attempt_timeout(Duration::from_secs(5))
         .deadline(Duration::from_millis(300));
     let service = ServiceBuilder::new().layer(layer).service(client());
-    let request = Request::get(format!("http://{addr}/x")).body(Full::new(Bytes::new())).unwrap();
+    let request = Request::get(format!("http://{addr}/x"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
     let started = Instant::now();
 
     let error = service.oneshot(request).await.unwrap_err();
 
     assert_eq!(error.kind(), RetryErrorKind::DeadlineExceeded);
-    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
 async fn retry_after_delays_inline_retry() {
     let receiver = Receiver::start(std::sync::Arc::new(|index| {
         let mut response = common::status(if index == 0 { 503 } else { 200 });
-        response.headers_mut().insert("retry-after", "1".parse().unwrap());
+        response
+            .headers_mut()
+            .insert("retry-after", "1".parse().unwrap());
         response
     }))
     .await;
     let service = ServiceBuilder::new().layer(fast_layer()).service(client());
-    let request = Request::get(receiver.url("/x")).body(Full::new(Bytes::new())).unwrap();
+    let request = Request::get(receiver.url("/x"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
 
     let response = service.oneshot(request).await.unwrap();
 
@@ -184,7 +218,9 @@ trait SourceText {
 
 impl SourceText for tower_courier::retry::RetryError {
     fn source_text(&self) -> String {
-        std::error::Error::source(self).map(ToString::to_string).unwrap_or_default()
+        std::error::Error::source(self)
+            .map(ToString::to_string)
+            .unwrap_or_default()
     }
 }
 
@@ -195,7 +231,9 @@ async fn empty_budget_stops_retries() {
     let service = ServiceBuilder::new()
         .layer(fast_layer().budget(budget))
         .service(client());
-    let request = Request::get(receiver.url("/x")).body(Full::new(Bytes::new())).unwrap();
+    let request = Request::get(receiver.url("/x"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
 
     let response = service.oneshot(request).await.unwrap();
 

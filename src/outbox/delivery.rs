@@ -75,7 +75,9 @@ pub enum QueuedReason {
 impl fmt::Display for Queued {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.reason {
-            QueuedReason::Background => write!(f, "queued as message {}, not delivered yet", self.id),
+            QueuedReason::Background => {
+                write!(f, "queued as message {}, not delivered yet", self.id)
+            }
             QueuedReason::Transient { error, .. } => write!(
                 f,
                 "queued as message {} after a failed attempt ({error}), not delivered yet",

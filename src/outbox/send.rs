@@ -48,12 +48,16 @@ where
     }
 }
 
-async fn prepare<ReqBody>(config: &OutboxConfig, request: Request<ReqBody>) -> Result<Prepared, OutboxError>
+async fn prepare<ReqBody>(
+    config: &OutboxConfig,
+    request: Request<ReqBody>,
+) -> Result<Prepared, OutboxError>
 where
     ReqBody: Body,
     ReqBody::Error: Into<BoxError>,
 {
-    check_uri(request.uri()).map_err(|error| OutboxError::new(OutboxErrorKind::InvalidRequest, error))?;
+    check_uri(request.uri())
+        .map_err(|error| OutboxError::new(OutboxErrorKind::InvalidRequest, error))?;
 
     let (mut parts, body) = request.into_parts();
     let body = collect_limited(body, config.body_limit)

@@ -8,9 +8,7 @@ use http_body_util::Full;
 use tower::{Service, ServiceExt};
 
 use super::layer::RetryConfig;
-use super::{
-    AttemptTimedOut, Classification, RetryError, RetryErrorKind, check_uri, retry_after,
-};
+use super::{AttemptTimedOut, Classification, RetryError, RetryErrorKind, check_uri, retry_after};
 use crate::BoxError;
 use crate::body::{CollectError, collect_limited};
 
@@ -65,7 +63,14 @@ where
     loop {
         attempt = attempt.saturating_add(1);
         let remaining = config.deadline.saturating_sub(started.elapsed());
-        let outcome = send(&config, &mut inner, rebuild(&parts, &body), attempt, remaining).await;
+        let outcome = send(
+            &config,
+            &mut inner,
+            rebuild(&parts, &body),
+            attempt,
+            remaining,
+        )
+        .await;
 
         let (class, wait_hint) = classify(&config, &outcome);
         if class != Classification::Transient {
@@ -137,7 +142,11 @@ where
 
     match tokio::time::timeout(timeout, call).await {
         Ok(Ok(response)) => Attempt::Response(response),
-        Ok(Err(error)) => Attempt::Error(RetryError::new(RetryErrorKind::Client, attempt, Some(error))),
+        Ok(Err(error)) => Attempt::Error(RetryError::new(
+            RetryErrorKind::Client,
+            attempt,
+            Some(error),
+        )),
         Err(_) if deadline_bites => Attempt::Error(RetryError::new(
             RetryErrorKind::DeadlineExceeded,
             attempt,

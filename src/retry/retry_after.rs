@@ -69,7 +69,10 @@ mod tests {
     fn delta_seconds() {
         let now = SystemTime::now();
 
-        assert_eq!(retry_after(&headers_with(&["0"]), now), Some(Duration::ZERO));
+        assert_eq!(
+            retry_after(&headers_with(&["0"]), now),
+            Some(Duration::ZERO)
+        );
         assert_eq!(
             retry_after(&headers_with(&["3600"]), now),
             Some(Duration::from_secs(3600))
@@ -90,13 +93,25 @@ mod tests {
             retry_after(&headers_with(&[&ahead]), now),
             Some(Duration::from_secs(3))
         );
-        assert_eq!(retry_after(&headers_with(&[&behind]), now), Some(Duration::ZERO));
+        assert_eq!(
+            retry_after(&headers_with(&[&behind]), now),
+            Some(Duration::ZERO)
+        );
     }
 
     #[test]
     fn garbage_is_ignored() {
         let now = SystemTime::now();
-        for value in ["", "-1", "+3", "1.5", "1e3", "3 s", "soon", "Fri, 99 Dec 2026"] {
+        for value in [
+            "",
+            "-1",
+            "+3",
+            "1.5",
+            "1e3",
+            "3 s",
+            "soon",
+            "Fri, 99 Dec 2026",
+        ] {
             assert_eq!(retry_after(&headers_with(&[value]), now), None, "{value:?}");
         }
         assert_eq!(retry_after(&HeaderMap::new(), now), None);

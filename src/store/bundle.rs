@@ -49,8 +49,8 @@ impl Store {
     /// |---|---|
     /// | `memory` | [`memory::MemoryStore`](super::memory::MemoryStore), not durable |
     /// | `sqlite:PATH` or `sqlite://PATH` | [`sqlite::SqliteStore`](super::sqlite::SqliteStore) (feature `sqlite`); `sqlite:///var/lib/courier.db` is the absolute path `/var/lib/courier.db` |
-    /// | `postgres://...` | the PostgreSQL store (feature `postgres`) |
-    /// | `redis://...` | the Redis store (feature `redis`) |
+    /// | `postgres://...`, `postgresql://...` | [`postgres::PostgresStore`](super::postgres::PostgresStore) (feature `postgres`), schema `courier` |
+    /// | `redis://...` | [`redis::RedisStore`](super::redis::RedisStore) (feature `redis`), key prefix `courier:` |
     ///
     /// # Errors
     ///
@@ -69,6 +69,12 @@ impl Store {
                 let path = sqlite_path(url)?;
                 Ok(Self::new(super::sqlite::SqliteStore::open(path).await?))
             }
+            #[cfg(feature = "postgres")]
+            "postgres" | "postgresql" => Ok(Self::new(
+                super::postgres::PostgresStore::connect(url).await?,
+            )),
+            #[cfg(feature = "redis")]
+            "redis" => Ok(Self::new(super::redis::RedisStore::connect(url).await?)),
             _ => Err(StoreError::new(
                 StoreErrorKind::Invalid,
                 format!(

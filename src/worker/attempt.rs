@@ -112,7 +112,11 @@ pub(crate) async fn send(
     }
 }
 
-fn classify_response(response: AttemptResponse, spec: &dyn SuccessSpec, now: SystemTime) -> Verdict {
+fn classify_response(
+    response: AttemptResponse,
+    spec: &dyn SuccessSpec,
+    now: SystemTime,
+) -> Verdict {
     let class = spec.classify_response(response.status, &response.headers);
     let outcome = Outcome {
         status: response.status,

@@ -144,7 +144,12 @@ pub struct Worker {
 impl Worker {
     /// Creates a worker for `queue` in `store` that sends each message
     /// through `service`, after `make_request` turns it into a request.
-    pub fn new<S, B, F>(queue: impl Into<String>, store: Arc<dyn MessageQueue>, service: S, make_request: F) -> Self
+    pub fn new<S, B, F>(
+        queue: impl Into<String>,
+        store: Arc<dyn MessageQueue>,
+        service: S,
+        make_request: F,
+    ) -> Self
     where
         S: Service<Request<Full<Bytes>>, Response = Response<B>> + Clone + Send + 'static,
         S::Future: Send + 'static,
@@ -293,7 +298,12 @@ impl Worker {
             counters: counters.clone(),
         });
 
-        let task = tokio::spawn(run::claim_loop(context, service, self.settings, phases.clone()));
+        let task = tokio::spawn(run::claim_loop(
+            context,
+            service,
+            self.settings,
+            phases.clone(),
+        ));
         WorkerHandle {
             queue,
             counters,

@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
+use super::PermanentFailure;
 use super::attempt::Verdict;
 use super::handle::Counters;
 use super::run::Context;
-use super::PermanentFailure;
 use crate::store::{Claimed, Lease, Outcome, StoreError};
 
 /// Records `verdict` for the claimed message: complete it, reschedule it,
@@ -16,7 +16,10 @@ pub(crate) async fn record(context: &Context, claimed: &Claimed, verdict: Verdic
     match verdict {
         Verdict::Success(outcome) => {
             let status = outcome.status;
-            let result = write(lease, || context.store.complete(lease, Some(outcome.clone()))).await;
+            let result = write(lease, || {
+                context.store.complete(lease, Some(outcome.clone()))
+            })
+            .await;
             if settled(context, result) {
                 Counters::add(&context.counters.delivered);
                 tracing::debug!(%status, "delivered");
@@ -43,7 +46,9 @@ async fn retry_or_give_up(
 ) {
     let message = &claimed.message;
     let now = context.clock.now();
-    let age = now.duration_since(message.created_at).unwrap_or(Duration::ZERO);
+    let age = now
+        .duration_since(message.created_at)
+        .unwrap_or(Duration::ZERO);
 
     if context.backoff.is_exhausted(message.attempts, age) {
         let reason = format!(
@@ -51,13 +56,23 @@ async fn retry_or_give_up(
             message.attempts,
             age.as_secs()
         );
-        end(context, &claimed.lease, PermanentFailure::DeadLetter, &reason, outcome).await;
+        end(
+            context,
+            &claimed.lease,
+            PermanentFailure::DeadLetter,
+            &reason,
+            outcome,
+        )
+        .await;
         return;
     }
 
     let delay = context.backoff.delay_after(message.attempts, retry_after);
     let lease = &claimed.lease;
-    let result = write(lease, || context.store.reschedule(lease, now + delay, error)).await;
+    let result = write(lease, || {
+        context.store.reschedule(lease, now + delay, error)
+    })
+    .await;
     if settled(context, result) {
         Counters::add(&context.counters.retried);
         tracing::info!(

@@ -68,7 +68,11 @@ pub(crate) async fn claim_loop(
             continue;
         }
 
-        let claimed = match context.store.claim(&context.queue, free, context.lease).await {
+        let claimed = match context
+            .store
+            .claim(&context.queue, free, context.lease)
+            .await
+        {
             Ok(claimed) => claimed,
             Err(error) => {
                 tracing::warn!(queue = %context.queue, %error, "failed to claim messages");
@@ -80,9 +84,20 @@ pub(crate) async fn claim_loop(
         for message in claimed {
             // Only this loop takes slots, and it saw `free` of them, so
             // every claimed message has one.
-            let slot = slots.clone().try_acquire_owned().expect("a free slot per claimed message");
-            let limit = destination_limit(&mut destinations, &settings, &message.message.destination);
-            let task = process(context.clone(), service.clone(), message, slot, limit, phase.clone());
+            let slot = slots
+                .clone()
+                .try_acquire_owned()
+                .expect("a free slot per claimed message");
+            let limit =
+                destination_limit(&mut destinations, &settings, &message.message.destination);
+            let task = process(
+                context.clone(),
+                service.clone(),
+                message,
+                slot,
+                limit,
+                phase.clone(),
+            );
             tasks.spawn(task);
         }
 
@@ -118,10 +133,8 @@ async fn drain(
     phases: &watch::Sender<Phase>,
 ) {
     tracing::info!(queue = %context.queue, in_flight = tasks.len(), "worker draining");
-    let finished = tokio::time::timeout(grace, async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
+    let finished =
+        tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
 
     if finished.is_err() {
         tracing::warn!(
@@ -166,7 +179,11 @@ async fn process(
     let renewal = keep_alive(context.store.clone(), claimed.lease, context.lease);
     let abandoned = async move {
         // A closed channel means the handle and loop are gone: keep working.
-        if phase.wait_for(|phase| *phase == Phase::Abandoning).await.is_err() {
+        if phase
+            .wait_for(|phase| *phase == Phase::Abandoning)
+            .await
+            .is_err()
+        {
             std::future::pending::<()>().await;
         }
     };
@@ -188,7 +205,10 @@ async fn send(context: &Context, service: AttemptService, claimed: &Claimed) -> 
         Ok(request) => request,
         Err(error) => {
             return Verdict::Permanent {
-                error: format!("invalid stored request: {}", crate::retry::error_chain(error.as_ref())),
+                error: format!(
+                    "invalid stored request: {}",
+                    crate::retry::error_chain(error.as_ref())
+                ),
                 outcome: None,
             };
         }
@@ -199,12 +219,21 @@ async fn send(context: &Context, service: AttemptService, claimed: &Claimed) -> 
     request.extensions_mut().insert(claimed.lease);
     tracing::debug!("sending attempt");
     let clock = context.clock.clone();
-    attempt::send(service, request, context.attempt_timeout, context.success.as_ref(), move || clock.now()).await
+    attempt::send(
+        service,
+        request,
+        context.attempt_timeout,
+        context.success.as_ref(),
+        move || clock.now(),
+    )
+    .await
 }
 
 async fn release(context: &Context, claimed: &Claimed) {
     match context.store.release(&claimed.lease).await {
         Ok(()) => tracing::info!("released in-flight message at shutdown"),
-        Err(error) => tracing::warn!(%error, "failed to release message at shutdown; it is claimable when its lease expires"),
+        Err(error) => {
+            tracing::warn!(%error, "failed to release message at shutdown; it is claimable when its lease expires")
+        }
     }
 }

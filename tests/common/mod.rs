@@ -53,7 +53,11 @@ impl Receiver {
     }
 
     /// Starts a receiver on `addr`, sharing `log` with an earlier one.
-    pub async fn start_on(addr: SocketAddr, script: Script, log: Arc<Mutex<Vec<Received>>>) -> Self {
+    pub async fn start_on(
+        addr: SocketAddr,
+        script: Script,
+        log: Arc<Mutex<Vec<Received>>>,
+    ) -> Self {
         let listener = TcpListener::bind(addr).await.unwrap();
         Self::serve(listener, script, log)
     }

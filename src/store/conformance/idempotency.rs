@@ -101,7 +101,9 @@ async fn claim_race_has_one_winner(store: Records) {
         match racer.await.expect("racer panicked").unwrap() {
             ClaimOutcome::Claimed(_) => winners += 1,
             ClaimOutcome::InProgress { fingerprint } => assert_eq!(fingerprint, FINGERPRINT),
-            ClaimOutcome::Completed(record) => panic!("nobody completed, found {record:?}"),
+            ClaimOutcome::Completed(record) => {
+                panic!("no racer completed, but a claim returned {record:?}")
+            }
         }
     }
     assert_eq!(winners, 1, "{winners} of {RACERS} concurrent claims won");

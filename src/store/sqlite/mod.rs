@@ -58,6 +58,7 @@
 //! # }
 //! ```
 
+mod enqueue;
 mod idempotency;
 mod options;
 mod queue;

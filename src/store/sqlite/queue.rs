@@ -1,127 +1,15 @@
-//! The write statements of the message queue, run by the writer task.
+//! The write statements of the message queue after enqueue, run by the
+//! writer task.
 
-use std::collections::HashSet;
 use std::sync::OnceLock;
 use std::time::SystemTime;
 
 use sqlx::SqliteConnection;
 
-use super::rows::{self, MESSAGE_COLUMNS, id_bytes, metadata_json, to_nanos};
-use super::writer::{Applied, Request, Response};
+use super::rows::{self, MESSAGE_COLUMNS, id_bytes, to_nanos};
+use super::writer::{Applied, Response};
 use crate::MessageId;
-use crate::store::{Claimed, Lease, MessageState, NewMessage, Outcome, StoreError, encode_headers};
-
-/// Row counts of the multi-row insert statements, largest first. A batch
-/// is cut into these sizes, so sqlx's statement cache contains a fixed set
-/// of prepared statements however batches vary.
-const INSERT_SIZES: [usize; 7] = [64, 32, 16, 8, 4, 2, 1];
-
-fn insert_statement(rows: usize) -> &'static str {
-    static STATEMENTS: OnceLock<Vec<String>> = OnceLock::new();
-    let statements =
-        STATEMENTS.get_or_init(|| INSERT_SIZES.iter().map(|n| build_insert(*n)).collect());
-    let index = INSERT_SIZES
-        .iter()
-        .position(|size| *size == rows)
-        .expect("rows is one of INSERT_SIZES");
-    &statements[index]
-}
-
-fn build_insert(rows: usize) -> String {
-    let row = "(?, ?, ?, ?, ?, ?, ?, ?, 'pending', 0, 0, ?, ?, ?, ?)";
-    let values = vec![row; rows].join(", ");
-    format!(
-        "INSERT INTO courier_messages (id, queue, destination, method, path_and_query, headers, \
-         body, metadata, state, attempts, token, available_at, due_at, created_at, updated_at) \
-         VALUES {values} ON CONFLICT (id) DO NOTHING RETURNING id"
-    )
-}
-
-/// Inserts `messages`, skipping ids that exist, and returns the ids that
-/// were inserted. Runs on any connection, inside the caller's transaction.
-pub(super) async fn insert(
-    connection: &mut SqliteConnection,
-    messages: &[&NewMessage],
-    now: SystemTime,
-) -> Result<HashSet<MessageId>, sqlx::Error> {
-    let mut inserted = HashSet::with_capacity(messages.len());
-    let mut rest = messages;
-    while !rest.is_empty() {
-        let size = *INSERT_SIZES
-            .iter()
-            .find(|size| **size <= rest.len())
-            .expect("the smallest size is 1");
-        let (chunk, tail) = rest.split_at(size);
-        insert_chunk(connection, chunk, now, &mut inserted).await?;
-        rest = tail;
-    }
-    Ok(inserted)
-}
-
-async fn insert_chunk(
-    connection: &mut SqliteConnection,
-    chunk: &[&NewMessage],
-    now: SystemTime,
-    inserted: &mut HashSet<MessageId>,
-) -> Result<(), sqlx::Error> {
-    let now = to_nanos(now);
-    let mut query = sqlx::query(insert_statement(chunk.len()));
-    for message in chunk {
-        let available_at = to_nanos(message.available_at);
-        query = query
-            .bind(id_bytes(message.id))
-            .bind(message.queue.as_str())
-            .bind(message.destination.as_str())
-            .bind(message.method.as_str())
-            .bind(message.path_and_query.as_str())
-            .bind(encode_headers(&message.headers))
-            .bind(message.body.to_vec())
-            .bind(metadata_json(&message.metadata))
-            .bind(available_at)
-            .bind(available_at)
-            .bind(now)
-            .bind(now);
-    }
-
-    for row in query.fetch_all(&mut *connection).await? {
-        let id = rows::read_id(&row, "id").map_err(|error| sqlx::Error::Decode(error.into()))?;
-        inserted.insert(id);
-    }
-    Ok(())
-}
-
-/// Inserts the messages of every enqueue in `requests` with one set of
-/// multi-row statements, and returns the enqueues' replies at their
-/// positions (other positions are `None`).
-pub(super) async fn enqueue_merged(
-    connection: &mut SqliteConnection,
-    requests: &[&Request],
-    now: SystemTime,
-) -> Result<Vec<Option<Result<Response, StoreError>>>, sqlx::Error> {
-    let messages: Vec<&NewMessage> = requests
-        .iter()
-        .filter_map(|request| match request {
-            Request::Enqueue(messages) => Some(messages),
-            _ => None,
-        })
-        .flatten()
-        .collect();
-    let mut inserted = insert(connection, &messages, now).await?;
-
-    // The first occurrence of an inserted id takes it out of the set, so
-    // a later duplicate in the same batch reads as skipped.
-    let answers = requests
-        .iter()
-        .map(|request| match request {
-            Request::Enqueue(messages) => {
-                let stored = messages.iter().map(|m| inserted.remove(&m.id)).collect();
-                Some(Ok(Response::Stored(stored)))
-            }
-            _ => None,
-        })
-        .collect();
-    Ok(answers)
-}
+use crate::store::{Claimed, Lease, MessageState, Outcome, StoreError};
 
 pub(super) async fn claim(
     connection: &mut SqliteConnection,

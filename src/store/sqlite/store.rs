@@ -10,7 +10,7 @@ use sqlx::{ConnectOptions, SqliteConnection, SqlitePool};
 
 use super::options::{SqliteOptions, Synchronous};
 use super::writer::{Request, Response, Writer, unexpected};
-use super::{idempotency, queue, read, schema};
+use super::{enqueue, idempotency, read, schema};
 use crate::MessageId;
 use crate::clock::SharedClock;
 use crate::store::{
@@ -18,6 +18,10 @@ use crate::store::{
     IdempotencyStore, Lease, Message, MessageQueue, MessageState, NewMessage, Notifier, Outcome,
     QueueCounts, ReplayStore, StoreError, StoredResponse, Subscription,
 };
+
+/// Rows the writer connection's driver thread may queue before the
+/// writer task reads them.
+const WRITER_ROW_BUFFER: usize = 1_024;
 
 /// One replay-guard insert in this many also deletes expired pairs.
 const REPLAY_PRUNE_EVERY: u64 = 64;
@@ -69,7 +73,11 @@ impl SqliteStore {
         let cannot_open =
             |error| StoreError::unavailable(format!("cannot open sqlite database {path:?}"), error);
 
-        let mut connection = connect.connect().await.map_err(cannot_open)?;
+        // The writer reads whole claims and multi-row inserts back at once;
+        // a row buffer larger than sqlx's default of 50 keeps the driver's
+        // thread from stalling on a full channel halfway through them.
+        let writer_options = connect.clone().row_buffer_size(WRITER_ROW_BUFFER);
+        let mut connection = writer_options.connect().await.map_err(cannot_open)?;
         schema::migrate(&mut connection).await?;
         let pool = SqlitePoolOptions::new()
             .max_connections(options.read_connections)
@@ -132,7 +140,7 @@ impl SqliteStore {
         messages: &[NewMessage],
     ) -> Result<Vec<bool>, StoreError> {
         let refs: Vec<&NewMessage> = messages.iter().collect();
-        let mut inserted = queue::insert(connection, &refs, self.inner.clock.now())
+        let mut inserted = enqueue::insert(connection, &refs, self.inner.clock.now())
             .await
             .map_err(super::rows::unavailable)?;
         Ok(messages.iter().map(|m| inserted.remove(&m.id)).collect())

@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime};
 use sqlx::{Connection, SqliteConnection};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{idempotency, queue, replay};
+use super::{enqueue, idempotency, queue, replay};
 use crate::MessageId;
 use crate::clock::SharedClock;
 use crate::store::{
@@ -190,12 +190,37 @@ impl Task {
         let now = self.clock.now();
         let requests: Vec<&Request> = jobs.iter().map(|job| &job.request).collect();
 
-        let answers = match apply_all(&mut self.connection, &requests, now).await {
-            Ok(answers) => answers,
+        let replies = match enqueue::enqueue_only(&mut self.connection, &requests, now).await {
+            Some(Ok(replies)) => replies,
+            Some(Err(error)) => {
+                tracing::warn!(%error, requests = jobs.len(), "sqlite enqueue batch failed; retrying it statement by statement");
+                self.roll_back().await;
+                self.apply_general(&requests, now).await
+            }
+            None => self.apply_general(&requests, now).await,
+        };
+
+        for (job, reply) in jobs.into_iter().zip(replies) {
+            self.notify(&job.request, &reply);
+            // A caller that gave up waiting dropped its receiver; the write
+            // is committed all the same.
+            let _ = job.reply.send(reply);
+        }
+    }
+
+    /// Applies any mix of requests in one transaction, falling back to one
+    /// transaction per request if a statement fails.
+    async fn apply_general(
+        &mut self,
+        requests: &[&Request],
+        now: SystemTime,
+    ) -> Vec<Result<Response, StoreError>> {
+        match apply_all(&mut self.connection, requests, now).await {
+            Ok(replies) => replies,
             Err(BatchError::Begin(error)) => {
                 let message = format!("sqlite write transaction could not start: {error}");
-                tracing::warn!(%error, requests = jobs.len(), "sqlite batch could not start");
-                (0..jobs.len())
+                tracing::warn!(%error, requests = requests.len(), "sqlite batch could not start");
+                (0..requests.len())
                     .map(|_| {
                         Err(StoreError::new(
                             StoreErrorKind::Unavailable,
@@ -205,16 +230,17 @@ impl Task {
                     .collect()
             }
             Err(BatchError::Statement(error)) => {
-                tracing::warn!(%error, requests = jobs.len(), "sqlite batch failed; retrying each request alone");
-                self.apply_each(&requests, now).await
+                tracing::warn!(%error, requests = requests.len(), "sqlite batch failed; retrying each request alone");
+                self.apply_each(requests, now).await
             }
-        };
+        }
+    }
 
-        for (job, answer) in jobs.into_iter().zip(answers) {
-            self.notify(&job.request, &answer);
-            // A caller that gave up waiting dropped its receiver; the write
-            // is committed all the same.
-            let _ = job.reply.send(answer);
+    /// Ends a transaction that a failed combined statement left open.
+    async fn roll_back(&mut self) {
+        // "no transaction is active" is expected when BEGIN itself failed.
+        if let Err(error) = sqlx::query("ROLLBACK").execute(&mut self.connection).await {
+            tracing::debug!(%error, "sqlite rollback after a failed enqueue batch");
         }
     }
 
@@ -273,7 +299,7 @@ async fn apply_all(
         .await
         .map_err(BatchError::Begin)?;
 
-    let mut answers = queue::enqueue_merged(&mut transaction, requests, now)
+    let mut answers = enqueue::enqueue_merged(&mut transaction, requests, now)
         .await
         .map_err(BatchError::Statement)?;
     for (request, answer) in requests.iter().zip(answers.iter_mut()) {
