@@ -41,7 +41,7 @@ use super::{EXAMPLE_LEASE, example_backoff};
 
 /// The idempotency claim lease of the examples: a request cut short by a
 /// crash holds its key for at most 10 seconds (the crate's default is 60).
-const IDEMPOTENCY_LEASE: Duration = Duration::from_secs(10);
+pub const IDEMPOTENCY_LEASE: Duration = Duration::from_secs(10);
 
 /// Where the command handler runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -113,10 +113,7 @@ pub fn fail_with_probability(fault: Fault, probability: f64, seed: u64) -> Fault
 
 /// Builds the receiver's routes and starts its workers in accept mode.
 pub fn build(config: ReceiverConfig, store: &Store, ledger: Ledger) -> Receiver {
-    let handler = CommandHandler {
-        ledger: ledger.clone(),
-        delay: config.handler_delay,
-    };
+    let handler = CommandHandler::new(ledger.clone(), config.handler_delay);
     let verify = VerifyLayer::new(config.keys.clone())
         .replay_store(store.replay())
         .tolerance(config.tolerance);
@@ -170,7 +167,7 @@ where
 }
 
 /// `GET /stats` and `GET /health`: no authentication, no faults.
-fn public_routes(ledger: Ledger) -> Router {
+pub fn public_routes(ledger: Ledger) -> Router {
     let stats = move || {
         let ledger = ledger.clone();
         async move {
@@ -188,7 +185,7 @@ fn public_routes(ledger: Ledger) -> Router {
 /// Turns a stack's errors into `500` responses, as axum routes require.
 /// The injected faults answer with statuses, so an error here is a fault
 /// of the stack itself.
-fn infallible<S, B>(service: S) -> HandleError<S, fn(S::Error) -> Ready<Response>, ()>
+pub fn infallible<S, B>(service: S) -> HandleError<S, fn(S::Error) -> Ready<Response>, ()>
 where
     S: Service<Request<Body>, Response = http::Response<B>> + Clone + Send + Sync + 'static,
     S::Future: Send + 'static,
@@ -219,6 +216,13 @@ fn problem(status: StatusCode, detail: &str) -> Response {
 pub struct CommandHandler {
     ledger: Ledger,
     delay: Duration,
+}
+
+impl CommandHandler {
+    /// Creates a handler that writes to `ledger` after waiting `delay`.
+    pub fn new(ledger: Ledger, delay: Duration) -> Self {
+        Self { ledger, delay }
+    }
 }
 
 impl Service<Request<Full<Bytes>>> for CommandHandler {
