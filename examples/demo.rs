@@ -83,10 +83,19 @@ async fn main() -> Result<ExitCode, BoxError> {
     let keys = KeyRing::single(Key::from_bytes("demo", &secret)?);
     println!("state in {}", directory.path().display());
 
-    let (receiver_store, ledger) =
-        open_store(&format!("sqlite:{}", directory.path().join("receiver.db").display())).await?;
+    let (receiver_store, ledger) = open_store(&format!(
+        "sqlite:{}",
+        directory.path().join("receiver.db").display()
+    ))
+    .await?;
     let absorbed = Arc::new(Absorbed::default());
-    let address = start_receiver_later(keys.clone(), receiver_store, ledger.clone(), absorbed.clone()).await?;
+    let address = start_receiver_later(
+        keys.clone(),
+        receiver_store,
+        ledger.clone(),
+        absorbed.clone(),
+    )
+    .await?;
 
     let sender_url = format!("sqlite:{}", directory.path().join("sender.db").display());
     let sender_store = Store::connect(&sender_url).await?.queue();
@@ -96,7 +105,13 @@ async fn main() -> Result<ExitCode, BoxError> {
 
     let stats = ledger.stats().await?;
     let outbox = sender_store.counts("outbox").await?;
-    Ok(summarize(stats, outbox.succeeded, outbox.dead, &absorbed, started.elapsed()))
+    Ok(summarize(
+        stats,
+        outbox.succeeded,
+        outbox.dead,
+        &absorbed,
+        started.elapsed(),
+    ))
 }
 
 /// Reserves a loopback port and starts the receiver on it after
@@ -115,7 +130,9 @@ async fn start_receiver_later(
         // NOTE: another process could take the port in these 3 seconds;
         // the demo then fails to bind and says so.
         match TcpListener::bind(address).await {
-            Ok(listener) => axum::serve(listener, router).await.expect("the receiver serves"),
+            Ok(listener) => axum::serve(listener, router)
+                .await
+                .expect("the receiver serves"),
             Err(error) => eprintln!("receiver cannot listen on {address}: {error}"),
         }
     });
@@ -132,7 +149,12 @@ async fn start_receiver_later(
 ///          └─ FaultLayer: 10% 500 before the handler, 5% slow replies
 ///             └─ CommandHandler
 /// ```
-fn receiver_router(keys: KeyRing, store: &Store, ledger: Ledger, absorbed: Arc<Absorbed>) -> axum::Router {
+fn receiver_router(
+    keys: KeyRing,
+    store: &Store,
+    ledger: Ledger,
+    absorbed: Arc<Absorbed>,
+) -> axum::Router {
     let error = StatusCode::INTERNAL_SERVER_ERROR;
     let seed = rand::random();
     let before = Faults::random(seed)
@@ -203,7 +225,10 @@ async fn send_commands(
 }
 
 /// Shows delivered, queued, retrying and dead until the outbox is empty.
-async fn watch_progress(store: &dyn MessageQueue, dispatcher: &WorkerHandle) -> Result<(), BoxError> {
+async fn watch_progress(
+    store: &dyn MessageQueue,
+    dispatcher: &WorkerHandle,
+) -> Result<(), BoxError> {
     let bar = ProgressBar::new(COMMANDS);
     bar.set_style(
         ProgressStyle::with_template("{elapsed:>3} [{bar:30}] {pos}/{len} delivered, {msg}")?
@@ -211,8 +236,13 @@ async fn watch_progress(store: &dyn MessageQueue, dispatcher: &WorkerHandle) -> 
     );
     loop {
         let counts = store.counts("outbox").await?;
-        let pending = store.list("outbox", MessageState::Pending, COMMANDS as usize, None).await?;
-        let retrying = pending.iter().filter(|message| message.attempts > 0).count();
+        let pending = store
+            .list("outbox", MessageState::Pending, COMMANDS as usize, None)
+            .await?;
+        let retrying = pending
+            .iter()
+            .filter(|message| message.attempts > 0)
+            .count();
         bar.set_position(counts.succeeded);
         bar.set_message(format!(
             "{} queued, {retrying} retrying, {} dead",
@@ -229,7 +259,13 @@ async fn watch_progress(store: &dyn MessageQueue, dispatcher: &WorkerHandle) -> 
 
 /// Prints the summary and returns the exit code: success only when no
 /// command was lost and none was applied twice.
-fn summarize(stats: Stats, delivered: u64, dead: u64, absorbed: &Absorbed, elapsed: Duration) -> ExitCode {
+fn summarize(
+    stats: Stats,
+    delivered: u64,
+    dead: u64,
+    absorbed: &Absorbed,
+    elapsed: Duration,
+) -> ExitCode {
     let replayed = absorbed.replayed.load(Ordering::Relaxed);
     let conflicts = absorbed.conflicts.load(Ordering::Relaxed);
     // Handler runs beyond the handled commands are duplicates the inbox

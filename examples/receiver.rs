@@ -105,7 +105,9 @@ fn parse_probability(text: &str) -> Result<f64, String> {
         .parse()
         .map_err(|_| format!("invalid probability {text:?}: expected a number from 0 to 1"))?;
     if !(0.0..=1.0).contains(&value) {
-        return Err(format!("invalid probability {value}: expected a number from 0 to 1"));
+        return Err(format!(
+            "invalid probability {value}: expected a number from 0 to 1"
+        ));
     }
     Ok(value)
 }

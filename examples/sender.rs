@@ -45,7 +45,9 @@ use tower_courier::outbox::Delivery;
 use tower_courier::store::{MessageQueue, QueueCounts, Store};
 use tower_courier::worker::WorkerHandle;
 
-use common::sender::{SendMode, SignedClient, command_request, outbox, signed_client, spawn_dispatcher};
+use common::sender::{
+    SendMode, SignedClient, command_request, outbox, signed_client, spawn_dispatcher,
+};
 
 /// The outbox queue, the crate's default.
 const QUEUE: &str = "outbox";

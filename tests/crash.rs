@@ -35,7 +35,14 @@ fn examples_dir() -> &'static Path {
     DIR.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
         let mut command = Command::new(cargo);
-        command.args(["build", "--quiet", "--example", "receiver", "--example", "sender"]);
+        command.args([
+            "build",
+            "--quiet",
+            "--example",
+            "receiver",
+            "--example",
+            "sender",
+        ]);
         if !cfg!(debug_assertions) {
             command.arg("--release");
         }
@@ -44,11 +51,17 @@ fn examples_dir() -> &'static Path {
             command.args(["--features", &features.join(",")]);
         }
         let status = command.status().expect("cargo runs");
-        assert!(status.success(), "cargo build of the examples failed: {status}");
+        assert!(
+            status.success(),
+            "cargo build of the examples failed: {status}"
+        );
 
         // The test binary is target/<profile>/deps/crash-<hash>.
         let exe = std::env::current_exe().expect("the test knows its own path");
-        let profile = exe.parent().and_then(Path::parent).expect("deps has a profile dir");
+        let profile = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("deps has a profile dir");
         profile.join("examples")
     })
 }
@@ -89,7 +102,10 @@ impl Process {
         let mut line = String::new();
         loop {
             line.clear();
-            let read = self.stdout.read_line(&mut line).expect("stdout is readable");
+            let read = self
+                .stdout
+                .read_line(&mut line)
+                .expect("stdout is readable");
             assert!(read > 0, "the process exited before printing {prefix:?}");
             if line.starts_with(prefix) {
                 return line.trim_end().to_owned();
@@ -106,13 +122,22 @@ impl Process {
     /// Waits for a successful exit and returns the last line of stdout.
     fn finish(mut self) -> String {
         let mut rest = String::new();
-        self.stdout.read_to_string(&mut rest).expect("stdout is readable");
+        self.stdout
+            .read_to_string(&mut rest)
+            .expect("stdout is readable");
         let started = Instant::now();
         let status = loop {
-            if let Some(status) = self.child.try_wait().expect("the process can be waited for") {
+            if let Some(status) = self
+                .child
+                .try_wait()
+                .expect("the process can be waited for")
+            {
                 break status;
             }
-            assert!(started.elapsed() < DEADLINE, "the process did not exit in time");
+            assert!(
+                started.elapsed() < DEADLINE,
+                "the process did not exit in time"
+            );
             std::thread::sleep(Duration::from_millis(50));
         };
         assert!(status.success(), "the process failed: {status}");
@@ -136,7 +161,8 @@ struct Setup {
 impl Setup {
     fn new() -> Self {
         let directory = tempfile::tempdir().expect("a temporary directory");
-        std::fs::write(directory.path().join("keys.txt"), KEY_FILE).expect("the key file is written");
+        std::fs::write(directory.path().join("keys.txt"), KEY_FILE)
+            .expect("the key file is written");
         Self { directory }
     }
 
@@ -157,7 +183,9 @@ impl Setup {
 
         let mut process = Process::start("receiver", &args);
         let line = process.wait_for_line("listening on ");
-        let address = line["listening on ".len()..].parse().expect("the receiver prints its address");
+        let address = line["listening on ".len()..]
+            .parse()
+            .expect("the receiver prints its address");
         (process, address)
     }
 
@@ -188,12 +216,23 @@ fn stats(address: SocketAddr) -> (u64, u64, u64) {
         .write_all(b"GET /stats HTTP/1.1\r\nHost: receiver\r\nConnection: close\r\n\r\n")
         .expect("the request is sent");
     let mut response = String::new();
-    stream.read_to_string(&mut response).expect("the response is read");
+    stream
+        .read_to_string(&mut response)
+        .expect("the response is read");
 
-    let (head, body) = response.split_once("\r\n\r\n").expect("a response has a head and a body");
-    assert!(head.starts_with("HTTP/1.1 200"), "GET /stats failed: {head}");
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .expect("a response has a head and a body");
+    assert!(
+        head.starts_with("HTTP/1.1 200"),
+        "GET /stats failed: {head}"
+    );
     let stats: Value = serde_json::from_str(body).expect("the stats are JSON");
-    let field = |name: &str| stats[name].as_u64().unwrap_or_else(|| panic!("stats lack {name}: {body}"));
+    let field = |name: &str| {
+        stats[name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("stats lack {name}: {body}"))
+    };
     (field("runs"), field("handled"), field("distinct"))
 }
 
@@ -242,7 +281,14 @@ fn sender_killed_repeatedly_loses_nothing() {
 fn receiver_crash_scenario() -> (Setup, (u64, u64, u64)) {
     let mut rng = seeded_rng();
     let setup = Setup::new();
-    let flags = ["--mode", "accept", "--fail-after", "0.1", "--fail-before", "0.1"];
+    let flags = [
+        "--mode",
+        "accept",
+        "--fail-after",
+        "0.1",
+        "--fail-before",
+        "0.1",
+    ];
     let (mut receiver, address) = setup.receiver("127.0.0.1:0", &flags);
 
     let mut sender = setup.sender(address, COMMANDS);
@@ -278,7 +324,10 @@ fn receiver_killed_in_accept_mode_applies_once() {
 
     assert_eq!(handled, COMMANDS, "every command is applied once");
     assert_eq!(distinct, COMMANDS, "every command is applied");
-    assert!(runs >= handled, "runs {runs} count every handler invocation");
+    assert!(
+        runs >= handled,
+        "runs {runs} count every handler invocation"
+    );
 }
 
 /// Checks that a receiver crash queues no command twice: a retried
@@ -291,9 +340,17 @@ fn receiver_killed_in_accept_mode_queues_once() {
 
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
     let counts = runtime.block_on(async {
-        let store = SqliteStore::open(setup.path("receiver.db")).await.expect("the receiver's store opens");
-        store.counts("commands").await.expect("the command queue is readable")
+        let store = SqliteStore::open(setup.path("receiver.db"))
+            .await
+            .expect("the receiver's store opens");
+        store
+            .counts("commands")
+            .await
+            .expect("the command queue is readable")
     });
     let queued = counts.pending + counts.in_flight + counts.succeeded + counts.failed + counts.dead;
-    assert_eq!(queued, COMMANDS, "one command per Idempotency-Key: {counts:?}");
+    assert_eq!(
+        queued, COMMANDS,
+        "one command per Idempotency-Key: {counts:?}"
+    );
 }

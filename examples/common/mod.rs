@@ -50,7 +50,10 @@ pub fn read_keys(path: &Path, kid: Option<&str>) -> Result<KeyRing, BoxError> {
     let text = std::fs::read_to_string(path)?;
     let mut builder = KeyRing::builder();
     for other in key_ids(&text) {
-        let key = ring.get(other).cloned().ok_or("key file changed while read")?;
+        let key = ring
+            .get(other)
+            .cloned()
+            .ok_or("key file changed while read")?;
         builder = if other == kid {
             builder.signing_key(key)
         } else {

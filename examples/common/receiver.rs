@@ -18,8 +18,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
-use axum::error_handling::HandleError;
 use axum::body::Body;
+use axum::error_handling::HandleError;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
@@ -28,13 +28,13 @@ use http::{Method, Request, StatusCode};
 use http_body_util::Full;
 use tower::{Layer, Service, ServiceBuilder};
 use tower_courier::BoxError;
-use tower_courier::accept::{self, AcceptLayer};
+use tower_courier::accept::AcceptLayer;
 use tower_courier::auth::{KeyId, KeyRing, VerifyLayer};
 use tower_courier::idempotency::IdempotencyLayer;
 use tower_courier::store::Store;
 use tower_courier::store::sqlite::SqliteStore;
 use tower_courier::testing::{Fault, FaultLayer, Faults};
-use tower_courier::worker::{PermanentFailure, Worker, WorkerHandle};
+use tower_courier::worker::WorkerHandle;
 
 use super::ledger::{Command, Ledger};
 use super::{EXAMPLE_LEASE, example_backoff};
@@ -82,7 +82,8 @@ pub struct Receiver {
 }
 
 /// Opens the store that `url` names and the receiver's table beside it:
-/// in the same SQLite file for `sqlite:PATH`, in memory for `memory`.
+/// in the same database for `sqlite:PATH` and `postgres://...`, in
+/// memory for `memory` and `redis://...`.
 ///
 /// # Errors
 ///
@@ -95,12 +96,22 @@ pub async fn open_store(url: &str) -> Result<(Store, Ledger), BoxError> {
         let ledger = Ledger::sqlite(sqlite.pool().clone()).await?;
         return Ok((Store::new(sqlite), ledger));
     }
-    if url == "memory" {
+    #[cfg(feature = "postgres")]
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let postgres = tower_courier::store::postgres::PostgresStore::connect(url).await?;
+        let ledger = Ledger::postgres(postgres.pool().clone()).await?;
+        return Ok((Store::new(postgres), ledger));
+    }
+    if url == "memory" || url.starts_with("redis://") {
+        // Redis holds the crate's records but not the receiver's table,
+        // which is then kept in memory and lost on restart.
         return Ok((Store::connect(url).await?, Ledger::memory()));
     }
-    // NOTE: PostgreSQL and Redis stores are not in the crate yet; once
-    // they are, the receiver's table goes into the PostgreSQL database.
-    Err(format!("unsupported store {url:?} for the receiver: expected memory or sqlite:PATH").into())
+    Err(format!(
+        "unsupported store {url:?} for the receiver: expected memory, sqlite:PATH, \
+         postgres://... (feature postgres) or redis://... (feature redis)"
+    )
+    .into())
 }
 
 /// Builds the fault plan of one `--fail-*` probability, acting only on
@@ -127,7 +138,10 @@ pub fn build(config: ReceiverConfig, store: &Store, ledger: Ledger) -> Receiver 
                 .layer(idempotency)
                 .layer(FaultLayer::new(config.fail_before))
                 .service(handler);
-            (Router::new().route_service("/commands/{name}", infallible(commands)), None)
+            (
+                Router::new().route_service("/commands/{name}", infallible(commands)),
+                None,
+            )
         }
         ReceiveMode::Accept => {
             let accept = AcceptLayer::new(store.queue()).command(Method::POST, "/commands/{name}");
@@ -138,7 +152,12 @@ pub fn build(config: ReceiverConfig, store: &Store, ledger: Ledger) -> Receiver 
                 .layer(accept.clone())
                 .service(handler.clone());
             let status = verify.layer(accept.status_service());
-            let workers = spawn_workers(store, FaultLayer::new(config.fail_before).layer(handler));
+            let workers = accept
+                .worker(FaultLayer::new(config.fail_before).layer(handler))
+                .lease(EXAMPLE_LEASE)
+                .backoff(example_backoff())
+                .poll_interval(Duration::from_millis(200))
+                .spawn();
             let routes = Router::new()
                 .route_service("/commands/{name}", infallible(commands))
                 .route_service("/commands/status/{id}", status);
@@ -147,23 +166,11 @@ pub fn build(config: ReceiverConfig, store: &Store, ledger: Ledger) -> Receiver 
     };
 
     let router = commands.merge(public_routes(ledger.clone()));
-    Receiver { router, workers, ledger }
-}
-
-/// Starts the workers that run accepted commands through `service`.
-fn spawn_workers<S, B>(store: &Store, service: S) -> WorkerHandle
-where
-    S: Service<Request<Full<Bytes>>, Response = http::Response<B>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-{
-    Worker::new(accept::DEFAULT_QUEUE, store.queue(), service, accept::command_request)
-        .on_permanent(PermanentFailure::Fail)
-        .lease(EXAMPLE_LEASE)
-        .backoff(example_backoff())
-        .poll_interval(Duration::from_millis(200))
-        .spawn()
+    Receiver {
+        router,
+        workers,
+        ledger,
+    }
 }
 
 /// `GET /stats` and `GET /health`: no authentication, no faults.
@@ -177,9 +184,10 @@ pub fn public_routes(ledger: Ledger) -> Router {
             }
         }
     };
-    Router::new()
-        .route("/stats", get(stats))
-        .route("/health", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
+    Router::new().route("/stats", get(stats)).route(
+        "/health",
+        get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
+    )
 }
 
 /// Turns a stack's errors into `500` responses, as axum routes require.
@@ -195,7 +203,10 @@ where
 {
     HandleError::new(service, |error| {
         eprintln!("command stack failed: {error}");
-        ready(problem(StatusCode::INTERNAL_SERVER_ERROR, "the command stack failed"))
+        ready(problem(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the command stack failed",
+        ))
     })
 }
 
@@ -206,7 +217,11 @@ fn problem(status: StatusCode, detail: &str) -> Response {
         "status": status.as_u16(),
         "detail": detail,
     });
-    (status, [(http::header::CONTENT_TYPE, "application/problem+json")], body.to_string())
+    (
+        status,
+        [(http::header::CONTENT_TYPE, "application/problem+json")],
+        body.to_string(),
+    )
         .into_response()
 }
 
@@ -248,7 +263,9 @@ async fn handle_command(
 ) -> http::Response<Full<Bytes>> {
     let command = match read_command(request).await {
         Ok(command) => command,
-        Err((status, detail)) => return json_response(status, serde_json::json!({ "error": detail })),
+        Err((status, detail)) => {
+            return json_response(status, serde_json::json!({ "error": detail }));
+        }
     };
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
@@ -272,7 +289,9 @@ async fn handle_command(
 }
 
 /// Reads the command from a request that passed the signature check.
-async fn read_command(request: Request<Full<Bytes>>) -> Result<Command, (StatusCode, &'static str)> {
+async fn read_command(
+    request: Request<Full<Bytes>>,
+) -> Result<Command, (StatusCode, &'static str)> {
     if request.method() != Method::POST {
         return Err((StatusCode::METHOD_NOT_ALLOWED, "commands are POST requests"));
     }
@@ -306,14 +325,21 @@ async fn read_command(request: Request<Full<Bytes>>) -> Result<Command, (StatusC
         .map(|collected| collected.to_bytes().to_vec())
         .unwrap_or_default();
 
-    Ok(Command { principal, idempotency_key, name, body, inbox_key })
+    Ok(Command {
+        principal,
+        idempotency_key,
+        name,
+        body,
+        inbox_key,
+    })
 }
 
 fn json_response(status: StatusCode, body: serde_json::Value) -> http::Response<Full<Bytes>> {
     let mut response = http::Response::new(Full::new(Bytes::from(body.to_string())));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     response
 }

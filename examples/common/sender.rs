@@ -86,8 +86,11 @@ pub fn spawn_dispatcher(
 /// JSON body.
 pub fn command_request(target: &str, index: u64) -> Request<Full<Bytes>> {
     let body = serde_json::json!({ "command": format!("cmd-{index}"), "index": index });
-    Request::post(format!("{}/commands/cmd-{index}", target.trim_end_matches('/')))
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .expect("a target that parsed as a URL makes a valid request")
+    Request::post(format!(
+        "{}/commands/cmd-{index}",
+        target.trim_end_matches('/')
+    ))
+    .header(http::header::CONTENT_TYPE, "application/json")
+    .body(Full::new(Bytes::from(body.to_string())))
+    .expect("a target that parsed as a URL makes a valid request")
 }
