@@ -7,10 +7,10 @@
 //! ```
 //!
 //! Both sides keep their state in SQLite files in a temporary directory.
-//! The receiver does not listen for the first 3 seconds, then answers
-//! some requests with a `500` before the handler runs, some with a `500`
-//! after it ran (the work is done, the reply is lost), and some slowly,
-//! past the sender's timeout. The sender retries from its outbox; the
+//! The receiver does not listen for the first 3 seconds. Then it responds
+//! to some requests with a `500` before the handler runs, to some with a
+//! `500` after it ran (the work is done, the reply is lost), and to some
+//! slowly, past the sender's timeout. The sender retries from its outbox; the
 //! receiver's idempotency layer and inbox absorb the duplicates.
 //!
 //! The demo exits with 0 only when every command was applied exactly
@@ -66,8 +66,9 @@ fn demo_backoff() -> Backoff {
         .max_attempts(60)
 }
 
-/// Requests the receiver's idempotency layer answered without running the
-/// handler: replays of a stored response, and `409` while one still runs.
+/// Counts of the requests that the receiver's idempotency layer responded
+/// to without running the handler: replays of a stored response, and
+/// `409` while the first request still runs.
 #[derive(Debug, Default)]
 struct Absorbed {
     replayed: AtomicU64,
@@ -127,8 +128,8 @@ async fn start_receiver_later(
 
     tokio::spawn(async move {
         tokio::time::sleep(DOWN_FOR).await;
-        // NOTE: another process could take the port in these 3 seconds;
-        // the demo then fails to bind and says so.
+        // NOTE: another process could take the port in these 3 seconds.
+        // The demo then fails to bind and prints the error.
         match TcpListener::bind(address).await {
             Ok(listener) => axum::serve(listener, router)
                 .await
@@ -268,8 +269,9 @@ fn summarize(
 ) -> ExitCode {
     let replayed = absorbed.replayed.load(Ordering::Relaxed);
     let conflicts = absorbed.conflicts.load(Ordering::Relaxed);
-    // Handler runs beyond the handled commands are duplicates the inbox
-    // absorbed; the other two the idempotency layer answered itself.
+    // Handler runs beyond the handled commands are duplicates that the
+    // inbox absorbed. The idempotency layer responded to the other two
+    // kinds itself.
     let inbox = stats.runs.saturating_sub(stats.handled);
     let lost = COMMANDS.saturating_sub(stats.distinct + dead);
     let applied_twice = stats.handled.saturating_sub(stats.distinct);

@@ -46,8 +46,8 @@ struct Options {
     /// into the same database (in memory for `memory`).
     #[arg(long, default_value = "memory")]
     store: String,
-    /// Run the handler inline (sync) or answer 202 and run it in workers
-    /// (accept).
+    /// Run the handler inline (sync), or respond 202 and run it in
+    /// workers (accept).
     #[arg(long, value_enum, default_value_t = ReceiveMode::Sync)]
     mode: ReceiveMode,
     /// Accepted clock skew of signed requests, in seconds.

@@ -84,7 +84,7 @@ struct Options {
     timeout_ms: u64,
 }
 
-/// What this run's enqueue step did.
+/// The counts of this run's enqueue step.
 #[derive(Debug, Default)]
 struct Enqueued {
     stored: AtomicU64,
@@ -164,8 +164,8 @@ async fn enqueue(
         .collect()
         .await;
 
-    // A command that was neither stored nor delivered is not ours to
-    // retry: the run fails, so that nobody reads `enqueued N` as durable.
+    // A command that was neither stored nor delivered cannot be retried
+    // by the dispatcher, so the run fails before it prints `enqueued N`.
     if let Some(error) = results.into_iter().find_map(Result::err) {
         return Err(format!("failed to enqueue a command: {error}").into());
     }

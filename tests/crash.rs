@@ -22,14 +22,14 @@ use tower_courier::store::sqlite::SqliteStore;
 /// A key file with one key, `crash`, whose secret is 32 bytes of `0x2a`.
 const KEY_FILE: &str = "# crash test key\ncrash KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=\n";
 
-/// Commands per test run, as the crash scenario of the examples asks.
+/// Commands per test run: 2000, the count of the documented crash scenario.
 const COMMANDS: u64 = 2000;
 
 /// How long a test waits for an example to finish before it fails.
 const DEADLINE: Duration = Duration::from_secs(180);
 
 /// Builds the example binaries once per test process and returns the
-/// directory that holds them.
+/// directory that contains them.
 fn examples_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
@@ -209,7 +209,7 @@ impl Setup {
     }
 }
 
-/// The receiver's `GET /stats`: (runs, handled, distinct).
+/// Fetches the receiver's `GET /stats` as (runs, handled, distinct).
 fn stats(address: SocketAddr) -> (u64, u64, u64) {
     let mut stream = TcpStream::connect(address).expect("the receiver accepts connections");
     stream

@@ -2,8 +2,8 @@
 //!
 //! With a `sqlite:PATH` store the table lives in the same database file as
 //! the crate's tables, and each command is written in one transaction with
-//! its inbox record, so a command is applied at most once whatever
-//! crashes. With a `postgres://` store (feature `postgres`) the table
+//! its inbox record. A crash at any point leaves either both or neither,
+//! so a command is applied at most once. With a `postgres://` store (feature `postgres`) the table
 //! lives in the same PostgreSQL database, written the same way. With the
 //! `memory` and `redis://` stores the records are kept in memory and
 //! vanish with the process.
@@ -62,7 +62,7 @@ pub struct Stats {
     pub distinct: u64,
 }
 
-/// Where the receiver records the commands it applied.
+/// The store of the commands that the receiver applied.
 #[derive(Debug, Clone)]
 pub enum Ledger {
     /// A table in the store's SQLite file.

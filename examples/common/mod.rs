@@ -15,8 +15,8 @@ use tower_courier::BoxError;
 use tower_courier::auth::KeyRing;
 use tower_courier::retry::Backoff;
 
-/// The retry schedule of the examples' dispatcher and command workers:
-/// delays drawn from 100 ms up to a ceiling that starts at 250 ms and
+/// Returns the retry schedule of the examples' dispatcher and command
+/// workers: delays drawn from 100 ms up to a ceiling that starts at 250 ms and
 /// doubles to 4 s, for at most 40 attempts. A message is retried through
 /// about a minute of outage (the average delay is half its ceiling)
 /// before it is dead-lettered. The crate's default retries for a day,

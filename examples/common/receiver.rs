@@ -6,7 +6,7 @@
 //!   └─ VerifyLayer                    X-Authentication
 //!      └─ IdempotencyLayer::required  Idempotency-Key
 //!         ├─ sync:   FaultLayer (--fail-before) └─ CommandHandler
-//!         └─ accept: AcceptLayer      stores the command, answers 202
+//!         └─ accept: AcceptLayer      stores the command, responds 202
 //!                    workers: FaultLayer (--fail-before) └─ CommandHandler
 //! GET /commands/status/{id}           accept mode: VerifyLayer └─ status resource
 //! GET /stats, GET /health             no authentication, never faulted
@@ -43,7 +43,7 @@ use super::{EXAMPLE_LEASE, example_backoff};
 /// crash holds its key for at most 10 seconds (the crate's default is 60).
 pub const IDEMPOTENCY_LEASE: Duration = Duration::from_secs(10);
 
-/// Where the command handler runs.
+/// The place where the command handler runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ReceiveMode {
     /// Inline, within the request.
@@ -52,14 +52,14 @@ pub enum ReceiveMode {
     Accept,
 }
 
-/// How the receiver is set up.
+/// The receiver's settings.
 #[derive(Debug, Clone)]
 pub struct ReceiverConfig {
     /// The keys that requests must be signed with.
     pub keys: KeyRing,
     /// The accepted clock skew of signed requests.
     pub tolerance: Duration,
-    /// Where the command handler runs.
+    /// The place where the command handler runs.
     pub mode: ReceiveMode,
     /// Faults injected inside the stack, before the handler runs.
     pub fail_before: Faults,
@@ -103,7 +103,7 @@ pub async fn open_store(url: &str) -> Result<(Store, Ledger), BoxError> {
         return Ok((Store::new(postgres), ledger));
     }
     if url == "memory" || url.starts_with("redis://") {
-        // Redis holds the crate's records but not the receiver's table,
+        // Redis keeps the crate's records but not the receiver's table,
         // which is then kept in memory and lost on restart.
         return Ok((Store::connect(url).await?, Ledger::memory()));
     }
@@ -191,8 +191,8 @@ pub fn public_routes(ledger: Ledger) -> Router {
 }
 
 /// Turns a stack's errors into `500` responses, as axum routes require.
-/// The injected faults answer with statuses, so an error here is a fault
-/// of the stack itself.
+/// The injected faults respond with statuses, so an error here is a
+/// fault of the stack itself.
 pub fn infallible<S, B>(service: S) -> HandleError<S, fn(S::Error) -> Ready<Response>, ()>
 where
     S: Service<Request<Body>, Response = http::Response<B>> + Clone + Send + Sync + 'static,
@@ -226,7 +226,7 @@ fn problem(status: StatusCode, detail: &str) -> Response {
 }
 
 /// The domain handler: records each command in the receiver's table,
-/// through the inbox, and answers `201 Created` with JSON.
+/// through the inbox, and responds `201 Created` with JSON.
 #[derive(Debug, Clone)]
 pub struct CommandHandler {
     ledger: Ledger,
@@ -316,8 +316,8 @@ async fn read_command(
     // The inbox records the sender's key rather than the command id. A
     // worker may run one command twice after a crash, which either key
     // absorbs. NOTE: a receiver killed after the accept layer stored a
-    // command but before the idempotency layer stored its 202 queues the
-    // command again, under a new id, when the sender retries; only the
+    // command, but before the idempotency layer stored its 202, queues the
+    // command again under a new id when the sender retries. Only the
     // sender's key catches that second copy.
     let inbox_key = format!("{principal} {idempotency_key}");
     let body = http_body_util::BodyExt::collect(request.into_body())
