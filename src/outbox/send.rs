@@ -48,6 +48,20 @@ where
     }
 }
 
+/// Converts `request` into the message the layer would store for it, due
+/// now, for the caller to store in its own transaction.
+pub(crate) async fn message_for<ReqBody>(
+    config: &OutboxConfig,
+    request: Request<ReqBody>,
+) -> Result<NewMessage, OutboxError>
+where
+    ReqBody: Body,
+    ReqBody::Error: Into<BoxError>,
+{
+    let prepared = prepare(config, request).await?;
+    Ok(new_message(config, &prepared, config.clock.now()))
+}
+
 async fn prepare<ReqBody>(
     config: &OutboxConfig,
     request: Request<ReqBody>,

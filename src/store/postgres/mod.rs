@@ -56,8 +56,9 @@
 //!
 //! # Wake-ups
 //!
-//! Enqueue, reschedule, release and retry call `pg_notify` in the same
-//! transaction as the write, so the notification is sent on commit. Each
+//! Enqueue, [`PostgresStore::enqueue_in`], reschedule, release and retry
+//! call `pg_notify` in the same transaction as the write, so the
+//! notification is sent on commit. Each
 //! store runs one listener task (`LISTEN` on a dedicated connection) that
 //! wakes the local subscribers of the named queue. When the listener's
 //! connection is lost it reconnects, logs a warning and wakes every
@@ -112,16 +113,16 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 #[cfg(doc)]
-use crate::store::{IdempotencyStore, MessageQueue, NewMessage, ReplayStore};
-use crate::store::{Notifier, StoreError, StoreErrorKind};
+use crate::store::{IdempotencyStore, MessageQueue, ReplayStore};
+use crate::store::{NewMessage, Notifier, StoreError, StoreErrorKind};
 
 use self::sql::Sql;
-use self::writer::EnqueueRequest;
+use self::writer::{EncodedMessage, EnqueueRequest};
 
 /// Options for [`PostgresStore::connect_with`].
 #[derive(Debug, Clone)]
@@ -337,6 +338,40 @@ impl PostgresStore {
     /// Returns the schema that contains the store's tables.
     pub fn schema(&self) -> &str {
         &self.shared.schema
+    }
+
+    /// Stores `messages` on `connection`, inside the caller's transaction,
+    /// with the same rules as [`MessageQueue::enqueue`]: returns, for each
+    /// message, `true` if it was stored and `false` if its id exists.
+    ///
+    /// The messages become visible to claims, and durable, when the caller
+    /// commits; a rollback leaves nothing. The statement calls `pg_notify`,
+    /// which PostgreSQL delivers only at commit, so dispatchers in every
+    /// process wake after the commit and never before. Nothing else is
+    /// needed after the commit, unlike the SQLite store's `enqueue_in`.
+    ///
+    /// The group-commit writer is not used: the rows go into the caller's
+    /// transaction as one statement.
+    ///
+    /// # Errors
+    ///
+    /// Fails as invalid for text PostgreSQL cannot store (NUL characters)
+    /// and as unavailable when the statement fails. After an error the
+    /// transaction is aborted and the caller must roll it back.
+    pub async fn enqueue_in(
+        &self,
+        connection: &mut PgConnection,
+        messages: &[NewMessage],
+    ) -> Result<Vec<bool>, StoreError> {
+        if messages.is_empty() {
+            return Ok(Vec::new());
+        }
+        let encoded = messages
+            .iter()
+            .cloned()
+            .map(EncodedMessage::new)
+            .collect::<Result<Vec<_>, _>>()?;
+        writer::insert_on(&self.shared.sql, connection, &encoded).await
     }
 }
 
