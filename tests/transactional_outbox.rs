@@ -10,6 +10,7 @@
 mod common;
 mod support;
 
+use std::slice;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -176,7 +177,7 @@ mod sqlite {
             .unwrap();
         let stored = f
             .store
-            .enqueue_in(&mut tx, &[rolled_back.clone()])
+            .enqueue_in(&mut tx, slice::from_ref(&rolled_back))
             .await
             .unwrap();
         assert_eq!(stored, [true]);
@@ -196,7 +197,7 @@ mod sqlite {
             .unwrap();
         let mut tx = f.store.pool().begin_with("BEGIN IMMEDIATE").await.unwrap();
         f.store
-            .enqueue_in(&mut tx, &[committed.clone()])
+            .enqueue_in(&mut tx, slice::from_ref(&committed))
             .await
             .unwrap();
         tx.commit().await.unwrap();
@@ -272,7 +273,7 @@ mod sqlite {
 
         let mut tx = f.store.pool().begin_with("BEGIN IMMEDIATE").await.unwrap();
         f.store
-            .enqueue_in(&mut tx, &[message.clone()])
+            .enqueue_in(&mut tx, slice::from_ref(&message))
             .await
             .unwrap();
         f.store.notify("outbox");
@@ -435,7 +436,7 @@ mod postgres {
         f.insert_order(&mut tx, 1).await;
         let stored = f
             .store
-            .enqueue_in(&mut tx, &[rolled_back.clone()])
+            .enqueue_in(&mut tx, slice::from_ref(&rolled_back))
             .await
             .unwrap();
         assert_eq!(stored, [true]);
@@ -452,7 +453,7 @@ mod postgres {
             .unwrap();
         let mut tx = f.store.pool().begin().await.unwrap();
         f.store
-            .enqueue_in(&mut tx, &[committed.clone()])
+            .enqueue_in(&mut tx, slice::from_ref(&committed))
             .await
             .unwrap();
         tx.commit().await.unwrap();
@@ -521,7 +522,7 @@ mod postgres {
 
         let mut tx = f.store.pool().begin().await.unwrap();
         f.store
-            .enqueue_in(&mut tx, &[message.clone()])
+            .enqueue_in(&mut tx, slice::from_ref(&message))
             .await
             .unwrap();
 

@@ -47,12 +47,29 @@ where
 /// another thread installs a scoped subscriber can leave it cached as
 /// disabled, so a capture next to running trials misses events.
 pub fn capture_warnings<T>(task: impl Future<Output = T>) -> Result<(T, Vec<String>), String> {
-    let warnings = Arc::new(Mutex::new(Vec::new()));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("a tokio runtime must start");
+    capture_on(runtime, task)
+}
+
+/// Runs `task` as [`capture_warnings`] does, but on a single-threaded
+/// runtime, so that the warnings of every task it spawns are kept too.
+pub fn capture_all_warnings<T>(task: impl Future<Output = T>) -> Result<(T, Vec<String>), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime must start");
+    capture_on(runtime, task)
+}
+
+fn capture_on<T>(
+    runtime: tokio::runtime::Runtime,
+    task: impl Future<Output = T>,
+) -> Result<(T, Vec<String>), String> {
+    let warnings = Arc::new(Mutex::new(Vec::new()));
     let output = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let _guard = tracing::subscriber::set_default(WarnCapture(warnings.clone()));
         runtime.block_on(task)
