@@ -71,8 +71,10 @@ fn command_message(
         config.clock.now(),
     );
 
+    // Copies, because parsed headers and bodies can be slices of the
+    // connection's read buffer, which a memory store would keep alive.
     message.headers = end_to_end_headers(parts.headers);
-    message.body = body;
+    message.body = Bytes::copy_from_slice(&body);
     if let Some(principal) = crate::idempotency::principal(&parts.extensions) {
         message
             .metadata
@@ -82,7 +84,8 @@ fn command_message(
 }
 
 /// Drops the hop-by-hop fields, which describe the connection the command
-/// arrived on and mean nothing to the worker that runs it later.
+/// arrived on and mean nothing to the worker that runs it later, and
+/// copies the other values into allocations of their own.
 fn end_to_end_headers(mut headers: HeaderMap) -> HeaderMap {
     const HOP_BY_HOP: [HeaderName; 6] = [
         header::CONNECTION,
@@ -95,7 +98,12 @@ fn end_to_end_headers(mut headers: HeaderMap) -> HeaderMap {
     for name in HOP_BY_HOP {
         headers.remove(name);
     }
-    headers
+
+    let mut owned = HeaderMap::with_capacity(headers.len());
+    for (name, value) in &headers {
+        owned.append(name.clone(), crate::idempotency::owned_value(value));
+    }
+    owned
 }
 
 fn accepted<B>(status_prefix: &str, id: &str) -> Response<ResponseBody<B>> {

@@ -133,6 +133,7 @@ pub use self::purge::spawn_purge_task;
 pub use self::storable::{IDEMPOTENT_REPLAYED, TOO_LARGE_TO_REPLAY};
 
 pub(crate) use self::principal::{insert_principal, principal};
+pub(crate) use self::storable::owned_value;
 
 /// Deduplicates requests by their `Idempotency-Key`.
 ///
