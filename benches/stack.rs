@@ -92,7 +92,7 @@ async fn serve(router: Router) -> SocketAddr {
 ///
 /// Every request stores a record under a fresh key. A short retention with
 /// a purge every second keeps the store at a steady size, as a
-/// deployment's purge does; otherwise the run would mostly measure the
+/// deployment's purge does. Without it the run would mostly measure the
 /// allocator growing a map of millions of records.
 fn steady_store() -> Arc<dyn IdempotencyStore> {
     let store: Arc<dyn IdempotencyStore> =

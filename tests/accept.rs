@@ -378,7 +378,7 @@ fn fast_retries() -> Backoff {
         .max_attempts(5)
 }
 
-/// Serves a handler that answers each run with the next status of
+/// Serves a handler that responds to each run with the next status of
 /// `statuses` (the last one repeats), and counts its runs.
 fn scripted(
     store: Arc<MemoryStore>,
@@ -543,7 +543,8 @@ const CHILD_DIR: &str = "COURIER_ACCEPT_CHILD_DIR";
 /// The file the child writes once the handler committed its effect.
 const COMMITTED_MARKER: &str = "effect-committed";
 
-/// The handler's own database: the inbox table and one row per effect.
+/// Opens the handler's own database: the inbox table and one row per
+/// effect.
 async fn app_database(dir: &Path) -> SqlitePool {
     let options = SqliteConnectOptions::new()
         .filename(dir.join("app.db"))
@@ -595,8 +596,8 @@ fn inbox_handler(pool: SqlitePool, dir: PathBuf, hang_after_commit: bool) -> Rou
 
 const KILL_TEST_LEASE: Duration = Duration::from_millis(1500);
 
-/// The child side of `killed_worker_command_runs_again`: runs a worker
-/// until the parent kills the process.
+/// Runs a worker until the parent kills the process: the child side of
+/// `killed_worker_command_runs_again`.
 #[tokio::test]
 #[ignore = "child process of killed_worker_command_runs_again"]
 async fn killed_worker_child() {

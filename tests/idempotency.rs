@@ -582,7 +582,7 @@ fn postgres_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
 }
 
-/// A name unique to this test run, for a schema or a key prefix.
+/// Returns a name unique to this test run, for a schema or a key prefix.
 #[cfg(any(feature = "postgres", feature = "redis"))]
 fn unique_name() -> String {
     let id = tower_courier::MessageId::new()

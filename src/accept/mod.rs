@@ -14,8 +14,8 @@
 //! {"id":"01936f4e-8a1b-7c2d-9e3f-0123456789ab","status":"accepted"}
 //! ```
 //!
-//! If the store fails the answer is `503 Service Unavailable` and nothing
-//! is queued. Other requests go to the inner service unchanged.
+//! If the store fails, the response is `503 Service Unavailable` and
+//! nothing is queued. Other requests go to the inner service unchanged.
 //!
 //! ```
 //! use std::sync::Arc;

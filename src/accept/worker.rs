@@ -43,7 +43,7 @@ impl AcceptLayer {
     /// It is the crate's shared [`Worker`], configured for commands: it
     /// claims from this layer's queue and store, rebuilds each request with
     /// [`command_request`], and marks a command failed (not dead) on a
-    /// permanent failure, because a handler's 4xx is the command's answer.
+    /// permanent failure, because a handler's 4xx is the command's result.
     /// A 2xx completes the command; a 5xx, 408, 409, 425, 429, a timeout
     /// or a panic is retried with backoff, and the command is dead once
     /// the backoff's attempts or age run out. Adjust the backoff, lease,
