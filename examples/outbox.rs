@@ -1,7 +1,7 @@
 //! Delivers one order event through the outbox to a receiver that fails
 //! at first.
 //!
-//! Starts an axum receiver on a random loopback port that answers `503`
+//! Starts an axum receiver on a random loopback port that responds `503`
 //! twice and then `201`, opens an SQLite outbox in a temporary directory,
 //! sends one signed `POST` through an optimistic outbox (queued, because
 //! the receiver is failing) and lets a dispatcher deliver it. Prints each
@@ -32,7 +32,7 @@ use tower_courier::retry::Backoff;
 use tower_courier::store::sqlite::SqliteStore;
 use tower_courier::store::{MessageQueue, MessageState};
 
-/// Starts a receiver that answers `503` to the first two requests.
+/// Starts a receiver that responds `503` to the first two requests.
 async fn start_receiver() -> Result<String, BoxError> {
     let calls = Arc::new(AtomicUsize::new(0));
     let handler = move |headers: HeaderMap, body: Bytes| {
