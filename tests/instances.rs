@@ -57,11 +57,10 @@ mod scenario {
     use super::KILL_AFTER;
     use crate::process::{Process, stats, summary};
 
-    /// The key of the sending service. Both senders are instances of it
-    /// and sign with it: the receiver scopes idempotency keys by the
-    /// signing key id, so a message that one instance sent and another
-    /// sends again after a crash must carry the same key id to be
-    /// recognised as a retry.
+    /// The key of the sending service, which both senders sign with. The
+    /// receiver scopes idempotency keys by the signing key id. A message
+    /// that one instance sent and another sends again after a crash is
+    /// recognised as a retry only under the same key id.
     const KEY_FILE: &str = "orders YWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWE=\n";
 
     /// Commands per sender: 5,000 in all.
