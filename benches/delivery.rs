@@ -133,6 +133,34 @@ async fn wait_received(tally: &Tally, count: u64) {
     }
 }
 
+/// Enqueues `count` messages, then claims and completes them with no HTTP
+/// in between, 256 at a time: the store's ceiling for a drain.
+async fn store_ceiling(name: &str, store: Arc<dyn MessageQueue>, count: usize) {
+    let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    enqueue_all(&store, addr, count).await;
+
+    let started = Instant::now();
+    let mut done = 0;
+    while done < count {
+        let claimed = store
+            .claim("outbox", 256, Duration::from_secs(30))
+            .await
+            .unwrap();
+        let mut tasks = tokio::task::JoinSet::new();
+        for message in claimed {
+            let store = store.clone();
+            tasks.spawn(async move { store.complete(&message.lease, None).await.unwrap() });
+        }
+        while tasks.join_next().await.is_some() {
+            done += 1;
+        }
+    }
+    println!(
+        "{name}: {:.0} msg/s",
+        count as f64 / started.elapsed().as_secs_f64()
+    );
+}
+
 /// Enqueues `count` messages, then times the dispatcher draining them.
 async fn drain_rate(name: &str, store: Arc<dyn MessageQueue>, count: usize) {
     let tally = Arc::new(Tally::default());
@@ -262,6 +290,14 @@ async fn sqlite_store(dir: &tempfile::TempDir, name: &str) -> Arc<dyn MessageQue
     Arc::new(SqliteStore::open(dir.path().join(name)).await.unwrap())
 }
 
+/// Returns `true` if the section `name` should run: every section, or
+/// those whose name contains the first command-line argument that is not
+/// a flag (`cargo bench --bench delivery -- sqlite`).
+fn selected(name: &str) -> bool {
+    let filter = std::env::args().skip(1).find(|arg| !arg.starts_with("--"));
+    filter.is_none_or(|filter| name.contains(&filter))
+}
+
 #[tokio::main]
 async fn main() {
     epoch();
@@ -272,34 +308,37 @@ async fn main() {
         (20_000, 2_000, 20_000, 4)
     };
     let dir = tempfile::tempdir().unwrap();
+    let gap = Duration::from_millis(2);
 
-    drain_rate("delivery_memory", Arc::new(MemoryStore::new()), count).await;
-    drain_rate(
-        "delivery_sqlite",
-        sqlite_store(&dir, "drain.db").await,
-        count,
-    )
-    .await;
-    latency(
-        "delivery_memory",
-        Arc::new(MemoryStore::new()),
-        latency_count,
-        Duration::from_millis(2),
-    )
-    .await;
-    latency(
-        "delivery_sqlite",
-        sqlite_store(&dir, "latency.db").await,
-        latency_count,
-        Duration::from_millis(2),
-    )
-    .await;
-    recovery(
-        "recovery_sqlite",
-        sqlite_store(&dir, "recovery.db").await,
-        count / 2,
-        Duration::from_secs(2),
-    )
-    .await;
-    retry_overhead(requests, rounds).await;
+    if selected("store_sqlite_claim_complete") {
+        let store = sqlite_store(&dir, "ceiling.db").await;
+        store_ceiling("store_sqlite_claim_complete", store, count).await;
+    }
+    if selected("delivery_memory") {
+        drain_rate("delivery_memory", Arc::new(MemoryStore::new()), count).await;
+        latency(
+            "delivery_memory",
+            Arc::new(MemoryStore::new()),
+            latency_count,
+            gap,
+        )
+        .await;
+    }
+    if selected("delivery_sqlite") {
+        drain_rate(
+            "delivery_sqlite",
+            sqlite_store(&dir, "drain.db").await,
+            count,
+        )
+        .await;
+        let store = sqlite_store(&dir, "latency.db").await;
+        latency("delivery_sqlite", store, latency_count, gap).await;
+    }
+    if selected("recovery_sqlite") {
+        let store = sqlite_store(&dir, "recovery.db").await;
+        recovery("recovery_sqlite", store, count / 2, Duration::from_secs(2)).await;
+    }
+    if selected("ratio_retry_layer") {
+        retry_overhead(requests, rounds).await;
+    }
 }

@@ -48,6 +48,13 @@ async fn main() {
     }
 
     churn(&url, 20_000).await;
+
+    let sustained = std::env::var("COURIER_BENCH_CHURN_SECS")
+        .ok()
+        .and_then(|seconds| seconds.parse().ok());
+    if let Some(seconds) = sustained {
+        sustained_churn(&url, Duration::from_secs(seconds)).await;
+    }
 }
 
 /// Returns messages a second for `messages` enqueues of one message each,
@@ -113,6 +120,58 @@ async fn churn(url: &str, messages: usize) {
     let (live, dead) = tuples(&store).await;
     println!("churn: messages table after vacuum: {live} live, {dead} dead tuples");
     drop_schema(&store).await;
+}
+
+/// Churns messages for `length`, printing the dead tuples every 15 s, to
+/// show whether autovacuum keeps up with the table's settings. Runs only
+/// when `COURIER_BENCH_CHURN_SECS` is set, because autovacuum wakes once a
+/// minute by default and a useful run takes minutes.
+async fn sustained_churn(url: &str, length: Duration) {
+    let store = open(url, PostgresOptions::new()).await;
+    let started = Instant::now();
+    let mut next_sample = Duration::ZERO;
+    let mut churned = 0;
+    println!();
+    println!("| seconds | messages churned | dead tuples | autovacuum runs |");
+    println!("|---:|---:|---:|---:|");
+    while started.elapsed() < length {
+        if started.elapsed() >= next_sample {
+            let (dead, vacuums) = dead_and_vacuums(&store).await;
+            println!(
+                "| {} | {churned} | {dead} | {vacuums} |",
+                next_sample.as_secs()
+            );
+            next_sample += Duration::from_secs(15);
+        }
+        let batch: Vec<_> = (0..100).map(|_| message()).collect();
+        store.enqueue(batch).await.unwrap();
+        let claimed = store
+            .claim("bench", 100, Duration::from_secs(60))
+            .await
+            .unwrap();
+        for claim in &claimed {
+            store.complete(&claim.lease, None).await.unwrap();
+        }
+        let now = SystemTime::now() + Duration::from_secs(1);
+        store
+            .purge("bench", MessageState::Succeeded, now)
+            .await
+            .unwrap();
+        churned += claimed.len();
+    }
+    drop_schema(&store).await;
+}
+
+async fn dead_and_vacuums(store: &PostgresStore) -> (i64, i64) {
+    let row = sqlx::query(
+        "SELECT n_dead_tup, autovacuum_count FROM pg_stat_user_tables \
+         WHERE schemaname = $1 AND relname = 'messages'",
+    )
+    .bind(store.schema())
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    (row.get(0), row.get(1))
 }
 
 /// Returns the live and dead tuple estimates of the messages table, after

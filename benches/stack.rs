@@ -1,12 +1,17 @@
 //! Throughput of a signed POST through the inbound layers, against the
 //! same handler without them, in one run.
 //!
-//! Three servers on loopback run the same axum handler: bare, behind the
-//! signature check, and behind the signature check and the idempotency
-//! layer (memory store, a fresh key per request). One client signs every
-//! request and sends a fresh `Idempotency-Key` to all three, so the client
-//! costs the same for each. The variants run in alternating rounds, which
-//! spreads the noise of a shared machine over all three.
+//! Four servers on loopback run the same axum handler: bare, behind the
+//! signature check, behind the signature check and the idempotency layer
+//! (memory store, a fresh key per request), and behind the idempotency
+//! layer alone. One client signs every request and sends a fresh
+//! `Idempotency-Key` to all of them, so the client costs the same for
+//! each. The variants run in rotating rounds, which spreads the noise of a
+//! shared machine over all of them.
+//!
+//! A last section calls the handler in process, without sockets, bare and
+//! through the idempotency layer, and prints the layer's added time per
+//! request: the layer's own cost, free of network and scheduling noise.
 //!
 //! Run with `cargo bench --bench stack`; `QUICK=1` runs short rounds (well
 //! under a minute). Prints `name: value unit` lines.
@@ -40,6 +45,7 @@ const RETENTION: Duration = Duration::from_secs(5);
 struct Settings {
     rounds: usize,
     round_length: Duration,
+    in_process_requests: u32,
 }
 
 impl Settings {
@@ -49,11 +55,13 @@ impl Settings {
             Self {
                 rounds: 11,
                 round_length: Duration::from_millis(400),
+                in_process_requests: 100_000,
             }
         } else {
             Self {
                 rounds: 31,
                 round_length: Duration::from_millis(600),
+                in_process_requests: 400_000,
             }
         }
     }
@@ -191,6 +199,72 @@ async fn run(settings: Settings) {
     }
 
     report(&servers, &rounds, &settings);
+    in_process_overhead(settings.in_process_requests).await;
+}
+
+/// Calls a handler `requests` times bare and `requests` times through the
+/// idempotency layer, alternating call by call, and prints the median time
+/// of each and their difference. Medians of single calls ignore the calls
+/// that another process preempted.
+async fn in_process_overhead(requests: u32) {
+    let handler = tower::service_fn(|request: Request<Full<Bytes>>| async move {
+        let body = request.into_body().collect().await?.to_bytes();
+        let mut response = http::Response::new(Full::new(body));
+        *response.status_mut() = StatusCode::CREATED;
+        Ok::<_, std::convert::Infallible>(response)
+    });
+    let mut layered = ServiceBuilder::new()
+        .layer(IdempotencyLayer::required(steady_store()).retention(RETENTION))
+        .service(handler);
+    let mut bare = handler;
+
+    let mut bare_times = Vec::with_capacity(requests as usize);
+    let mut layered_times = Vec::with_capacity(requests as usize);
+    for index in 0..requests {
+        bare_times.push(time_call(&mut bare, index).await);
+        layered_times.push(time_call(&mut layered, index).await);
+    }
+
+    let bare_median = median(bare_times);
+    let layered_median = median(layered_times);
+    println!("in_process_bare: {bare_median:.0} ns");
+    println!("in_process_idempotency: {layered_median:.0} ns");
+    println!(
+        "in_process_idempotency_added: {:.0} ns",
+        layered_median - bare_median
+    );
+}
+
+/// Sends one POST with a fresh key through `service` in process and
+/// returns the nanoseconds it took, building the request excluded.
+async fn time_call<S, B>(service: &mut S, index: u32) -> f64
+where
+    S: Service<Request<Full<Bytes>>, Response = http::Response<B>>,
+    S::Error: std::fmt::Debug,
+    B: http_body::Body,
+    B::Error: std::fmt::Debug,
+{
+    let request = Request::post("/orders")
+        .header("content-type", "application/json")
+        .header("idempotency-key", format!("in-process-{index}"))
+        .body(Full::new(Bytes::from_static(
+            b"{\"item\":\"book\",\"qty\":1}",
+        )))
+        .expect("valid request");
+
+    let start = Instant::now();
+    let ready = ServiceExt::<Request<Full<Bytes>>>::ready(service).await;
+    let response = ready
+        .expect("service ready")
+        .call(request)
+        .await
+        .expect("response");
+    let status = response.status();
+    response.into_body().collect().await.expect("body");
+    let elapsed = start.elapsed();
+
+    assert_eq!(status, StatusCode::CREATED, "unexpected status");
+    elapsed.as_nanos() as f64
 }
 
 /// Prints the median throughput of each server and the median of the
@@ -217,7 +291,7 @@ fn report(servers: &[(&'static str, SocketAddr)], rounds: &[Vec<f64>], settings:
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     let middle = values.len() / 2;
-    if values.len() % 2 == 0 {
+    if values.len().is_multiple_of(2) {
         (values[middle - 1] + values[middle]) / 2.0
     } else {
         values[middle]

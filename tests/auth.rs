@@ -199,6 +199,36 @@ async fn signed_request_reaches_handler_with_key_id() {
 }
 
 #[tokio::test]
+async fn handler_sees_header_marked_sensitive() {
+    let layer = VerifyLayer::new(KeyRing::single(key())).clock(Arc::new(ManualClock::new(at(NOW))));
+    let handler = service_fn(|request: Request<Full<Bytes>>| async move {
+        let sensitive = request.headers()["x-authentication"].is_sensitive();
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(sensitive.to_string()))))
+    });
+    let service = ServiceBuilder::new().layer(layer).service(handler);
+
+    let response = service
+        .oneshot(Draft::new("GET", "/", b"").request())
+        .await
+        .unwrap();
+
+    assert_eq!(body_text(response).await, "true");
+}
+
+#[tokio::test]
+async fn layer_debug_omits_nonces_and_secret() {
+    let server = Server::new();
+    let draft = Draft::new("GET", "/", b"");
+    assert_eq!(server.send(draft.request()).await.status(), StatusCode::OK);
+
+    let text = format!("{:?}", server.layer);
+
+    assert!(!text.contains(&draft.nonce), "{text}");
+    assert!(!text.contains(SECRET), "{text}");
+    assert!(text.contains("orders"), "{text}");
+}
+
+#[tokio::test]
 async fn timestamp_300s_either_way_is_accepted() {
     let server = Server::new();
 

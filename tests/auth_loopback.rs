@@ -163,7 +163,7 @@ async fn oversized_content_length_over_the_wire_is_413() {
     let mut stream = TcpStream::connect(address).await.unwrap();
 
     // Announce 3 MiB, above the 2 MiB default, and send none of it: the
-    // answer must come from the headers alone.
+    // response must come from the headers alone.
     let head = format!(
         "POST /orders HTTP/1.1\r\nHost: {address}\r\nContent-Length: 3145728\r\n{line}\r\n\r\n"
     );

@@ -284,7 +284,9 @@ async fn killed_dispatcher_taken_over() {
             .await
             .unwrap()
             .expect("child printed its leases");
-        if let Some(rest) = line.strip_prefix("LEASE ") {
+        // The harness prints `test child_dispatcher ... ` without a newline
+        // before the first line of the test's own output.
+        if let Some((_, rest)) = line.split_once("LEASE ") {
             let (id, token) = rest.split_once(' ').unwrap();
             held.insert(id.parse().unwrap(), FencingToken(token.parse().unwrap()));
         }

@@ -2,12 +2,14 @@
 
 mod common;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Receiver, always, client, post, sequence, silent_receiver};
 use tower::{ServiceBuilder, ServiceExt};
 use tower_courier::MessageId;
+use tower_courier::auth::{Key, KeyRing, SignLayer, SignatureHeader, SignedParts, body_digest};
 use tower_courier::outbox::{Delivery, Dispatcher, OutboxErrorKind, OutboxLayer, QueuedReason};
 use tower_courier::retry::Backoff;
 use tower_courier::store::memory::MemoryStore;
@@ -52,13 +54,45 @@ async fn queued_id<B: std::fmt::Debug>(delivery: Delivery<B>) -> MessageId {
     }
 }
 
+fn signing_key() -> Key {
+    Key::from_bytes("outbox-test", &[7; 32]).unwrap()
+}
+
+/// Checks the `X-Authentication` header of `received` against the test key
+/// and returns its nonce.
+fn verified_nonce(received: &common::Received) -> String {
+    let value = received
+        .header("x-authentication")
+        .expect("every attempt is signed");
+    let header = SignatureHeader::parse(value.as_bytes()).unwrap();
+    let digest = body_digest(&received.body);
+    let target = received.uri.to_string();
+    let parts = SignedParts {
+        kid: header.kid(),
+        ts: header.ts(),
+        nonce: header.nonce(),
+        method: received.method.as_str(),
+        path_and_query: &target,
+        body_digest: &digest,
+    };
+
+    let expected = signing_key().sign(parts.string_to_sign().as_bytes());
+    assert_eq!(header.signature(), &expected, "signature of {value}");
+    header.nonce().to_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receiver_recovers_after_outage() {
     let store = memory_store();
     let addr = common::free_addr().await;
+    // The signing layer sits below the outbox, so every attempt, inline or
+    // from the dispatcher, is signed when it is sent.
+    let signed_client = ServiceBuilder::new()
+        .layer(SignLayer::new(KeyRing::single(signing_key())))
+        .service(client());
     let outbox = ServiceBuilder::new()
         .layer(OutboxLayer::optimistic(store.clone()).backoff(quick_backoff()))
-        .service(client());
+        .service(signed_client.clone());
 
     let delivery = outbox
         .oneshot(post(
@@ -68,7 +102,12 @@ async fn receiver_recovers_after_outage() {
         .await
         .unwrap();
     let id = queued_id(delivery).await;
-    let handle = dispatcher(store.clone()).spawn();
+    let stored = store.get(id).await.unwrap().unwrap();
+    assert!(!stored.headers.contains_key("x-authentication"));
+    let handle = Dispatcher::new(store.clone(), signed_client)
+        .backoff(quick_backoff())
+        .poll_interval(Duration::from_millis(50))
+        .spawn();
 
     // The receiver refuses connections for 2 s, then responds 500 twice.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -78,6 +117,7 @@ async fn receiver_recovers_after_outage() {
 
     let received = receiver.received();
     assert_eq!(received.len(), 3);
+    let mut nonces = HashSet::new();
     for attempt in &received {
         assert_eq!(attempt.body, r#"{"order":42}"#);
         assert_eq!(attempt.uri.to_string(), "/orders?x=1");
@@ -86,7 +126,10 @@ async fn receiver_recovers_after_outage() {
             attempt.header("content-type").as_deref(),
             Some("application/json")
         );
+        nonces.insert(verified_nonce(attempt));
     }
+    assert_eq!(nonces.len(), 3, "each attempt has a fresh nonce");
+
     let message = store.get(id).await.unwrap().unwrap();
     assert_eq!(message.outcome.unwrap().status, 201);
     assert!(handle.metrics().retried >= 2, "{:?}", handle.metrics());

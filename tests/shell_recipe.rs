@@ -1,6 +1,7 @@
-//! Runs the `openssl` + `curl` recipe of `docs/auth.md` against a real
+//! Runs the `openssl` + `curl` recipe of the README against a real
 //! verifying server on loopback, so the documented recipe cannot drift
-//! from what the crate accepts.
+//! from what the crate accepts. `docs/auth.md` repeats the recipe, and a
+//! test keeps the two copies identical.
 
 use std::net::SocketAddr;
 use std::process::{Command, Output};
@@ -17,12 +18,14 @@ use tower_courier::auth::{Key, KeyId, KeyRing, VerifyLayer};
 const SECRET: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 const MARKER: &str = "<!-- shell-recipe:";
 
-/// Returns the first bash block after the marker in `docs/auth.md`.
+/// Returns the recipe as the README shows it.
 fn recipe() -> String {
-    let doc = include_str!("../docs/auth.md");
-    let after_marker = &doc[doc
-        .find(MARKER)
-        .expect("docs/auth.md has the recipe marker")..];
+    recipe_in(include_str!("../README.md"))
+}
+
+/// Returns the first bash block after the marker in `doc`.
+fn recipe_in(doc: &str) -> String {
+    let after_marker = &doc[doc.find(MARKER).expect("the document has the recipe marker")..];
     let start = after_marker
         .find("```bash\n")
         .expect("a bash block follows the marker")
@@ -33,7 +36,7 @@ fn recipe() -> String {
     after_marker[start..start + length].to_owned()
 }
 
-/// Starts a verifying server whose `POST /orders` answers 201 and counts
+/// Starts a verifying server whose `POST /orders` returns 201 and counts
 /// its calls.
 async fn start_server() -> (SocketAddr, Arc<AtomicUsize>) {
     let keys = KeyRing::single(Key::from_base64("orders", SECRET).unwrap());
@@ -56,7 +59,7 @@ async fn start_server() -> (SocketAddr, Arc<AtomicUsize>) {
 
 /// Runs `prelude` then the recipe in bash, with the server's URL and a
 /// secret in the environment. The blocking call runs off the runtime so
-/// the server keeps answering.
+/// the server keeps serving requests.
 async fn run_recipe(address: SocketAddr, secret: &str, prelude: &str) -> Output {
     let script = format!("{prelude}\n{}", recipe());
     let url = format!("http://{address}");
@@ -151,4 +154,9 @@ async fn recipe_with_other_secret_is_401() {
 
     assert_eq!(status_line(&output), "HTTP/1.1 401 Unauthorized");
     assert_eq!(calls.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn auth_doc_repeats_the_readme_recipe() {
+    assert_eq!(recipe_in(include_str!("../docs/auth.md")), recipe());
 }

@@ -51,6 +51,21 @@
 //! the application mounts it at `<status prefix>/{id}`, behind the same
 //! signature check as the command routes.
 //!
+//! # Workers
+//!
+//! [`AcceptLayer::worker`] returns the crate's shared queue
+//! [`Worker`](crate::worker::Worker), configured to run this layer's
+//! commands through the application's handlers: the stored request is
+//! rebuilt by [`command_request`] with the principal and the
+//! [`CommandId`] in its extensions. A 2xx completes the command. A 5xx,
+//! 408, 409, 425, 429, a timeout or a panic is retried with backoff, and
+//! the command is dead once the attempts or age run out. Any other 4xx
+//! fails it at once. The handler's status and the first 64 KiB of its body
+//! (the worker's default outcome limit) are kept for the status resource.
+//! [`WorkerHandle::shutdown`](crate::worker::WorkerHandle::shutdown) stops
+//! the worker gracefully: it claims nothing more, lets running commands
+//! finish within its grace period, and releases the rest.
+//!
 //! # Delivery
 //!
 //! Workers run each command at least once: a worker that dies while it

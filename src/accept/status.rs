@@ -203,3 +203,81 @@ fn status_body(message: &Message) -> Value {
     }
     body
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Metadata, Outcome};
+    use http::HeaderMap;
+    use std::time::SystemTime;
+
+    fn message(state: MessageState, attempts: u32) -> Message {
+        let now = SystemTime::now();
+        Message {
+            id: MessageId::new(),
+            queue: "commands".to_owned(),
+            destination: "/orders".to_owned(),
+            method: Method::POST,
+            path_and_query: "/orders".to_owned(),
+            headers: HeaderMap::new(),
+            body: Bytes::new(),
+            metadata: Metadata::new(),
+            state,
+            attempts,
+            available_at: now,
+            created_at: now,
+            updated_at: now,
+            last_error: None,
+            outcome: None,
+        }
+    }
+
+    #[test]
+    fn status_names_follow_state_and_attempts() {
+        let cases = [
+            (MessageState::Pending, 0, "accepted"),
+            (MessageState::Pending, 2, "retrying"),
+            (MessageState::InFlight, 1, "running"),
+            (MessageState::Succeeded, 1, "succeeded"),
+            (MessageState::Failed, 1, "failed"),
+            (MessageState::Dead, 8, "dead"),
+        ];
+        for (state, attempts, expected) in cases {
+            assert_eq!(
+                status_name(&message(state, attempts)),
+                expected,
+                "{state} {attempts}"
+            );
+        }
+    }
+
+    #[test]
+    fn binary_response_body_is_base64() {
+        let mut finished = message(MessageState::Succeeded, 1);
+        finished.outcome = Some(Outcome {
+            status: StatusCode::OK,
+            body: Bytes::from_static(b"\xff\x00"),
+        });
+
+        let body = status_body(&finished);
+
+        assert_eq!(body["response"]["status"], 200);
+        assert_eq!(body["response"]["body_base64"], "/wA=");
+        assert!(body["response"].get("body").is_none());
+    }
+
+    #[test]
+    fn unfinished_command_has_no_response() {
+        let mut retrying = message(MessageState::Pending, 1);
+        retrying.outcome = Some(Outcome {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            body: Bytes::new(),
+        });
+        retrying.last_error = Some("status 503".to_owned());
+
+        let body = status_body(&retrying);
+
+        assert!(body.get("response").is_none());
+        assert_eq!(body["last_error"], "status 503");
+    }
+}

@@ -71,3 +71,52 @@ impl AcceptLayer {
         .on_permanent(PermanentFailure::Fail)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::KeyId;
+    use crate::store::{MessageState, Metadata};
+    use http::{HeaderMap, HeaderValue, Method};
+    use std::time::SystemTime;
+
+    #[test]
+    fn stored_command_becomes_request() {
+        let now = SystemTime::now();
+        let mut headers = HeaderMap::new();
+        headers.append("x-raw", HeaderValue::from_bytes(b"\xe9").unwrap());
+        let mut metadata = Metadata::new();
+        metadata.insert(PRINCIPAL_METADATA.to_owned(), "billing".to_owned());
+        let message = Message {
+            id: crate::MessageId::new(),
+            queue: "commands".to_owned(),
+            destination: "/orders/{id}".to_owned(),
+            method: Method::PUT,
+            path_and_query: "/orders/7?dry=1".to_owned(),
+            headers,
+            body: Bytes::from_static(b"{}"),
+            metadata,
+            state: MessageState::InFlight,
+            attempts: 1,
+            available_at: now,
+            created_at: now,
+            updated_at: now,
+            last_error: None,
+            outcome: None,
+        };
+
+        let request = command_request(&message).unwrap();
+
+        assert_eq!(request.method(), Method::PUT);
+        assert_eq!(request.uri(), "/orders/7?dry=1");
+        assert_eq!(request.headers()["x-raw"].as_bytes(), b"\xe9");
+        assert_eq!(
+            request.extensions().get::<CommandId>().unwrap().id(),
+            message.id
+        );
+        assert_eq!(
+            request.extensions().get::<KeyId>().unwrap().as_str(),
+            "billing"
+        );
+    }
+}

@@ -8,7 +8,7 @@ use base64::engine::general_purpose::STANDARD;
 /// The version token that starts every header value.
 const VERSION: &str = "v1";
 
-/// The largest accepted `ts`: 11 digits, by the `[1-9][0-9]{0,10}` grammar.
+/// The maximum number of digits in `ts`, by the `[1-9][0-9]{0,10}` grammar.
 const MAX_TS_DIGITS: usize = 11;
 
 /// The length of a signature in standard base64 with padding.
@@ -237,8 +237,18 @@ impl<'a> Parameters<'a> {
     }
 }
 
+/// Trims spaces and tabs, byte by byte, because this runs on every
+/// request and char patterns decode UTF-8 first.
 fn trim_whitespace(text: &str) -> &str {
-    text.trim_matches([' ', '\t'])
+    let is_content = |byte: &u8| !matches!(byte, b' ' | b'\t');
+    let bytes = text.as_bytes();
+    let start = bytes.iter().position(is_content).unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(is_content)
+        .map_or(start, |last| last + 1);
+    // Spaces and tabs are single bytes, so both ends are char boundaries.
+    &text[start..end]
 }
 
 /// Checks a key id: 1 to 64 characters from `A-Z a-z 0-9 . _ -`.

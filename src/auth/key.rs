@@ -186,21 +186,21 @@ impl fmt::Debug for Key {
 /// whatever the time, so that a sender's clock is never a reason to send
 /// an unsigned request.
 ///
-/// During a rotation the receiver holds the old and the new key, with
-/// overlapping windows, and the senders switch their signing key.
+/// During a rotation the receiver's ring contains the old and the new key,
+/// with overlapping windows, and the senders switch their signing key.
 #[derive(Clone)]
 pub struct KeyRing {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    // Behind `Arc`, so a verification in flight holds its key without
-    // copying the secret state.
+    // Behind `Arc`, so that a verification in flight keeps a reference to
+    // its key without copying the keyed HMAC state.
     keys: HashMap<String, Arc<Key>>,
     signing_kid: String,
 }
 
-/// Why a key lookup found no usable key.
+/// The reason a key lookup found no usable key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum LookupError {
     Unknown,
@@ -268,8 +268,12 @@ impl KeyRing {
     /// Returns [`KeyRingError`] when the file cannot be read or its
     /// content is invalid.
     pub fn read_key_file(path: impl AsRef<Path>) -> Result<Self, KeyRingError> {
-        let text = std::fs::read_to_string(path.as_ref())
-            .map_err(|error| KeyRingError::new(KeyRingErrorKind::Io, "").with_source(error))?;
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|error| {
+            let mut failure = KeyRingError::new(KeyRingErrorKind::Io, "").with_source(error);
+            failure.path = Some(path.to_path_buf());
+            failure
+        })?;
         Self::from_key_file(&text)
     }
 
@@ -381,11 +385,12 @@ impl KeyRingBuilder {
 pub struct KeyRingError {
     kind: KeyRingErrorKind,
     kid: String,
+    path: Option<std::path::PathBuf>,
     line: Option<usize>,
     source: Option<std::io::Error>,
 }
 
-/// What is wrong with a key or key ring.
+/// The kind of problem with a key or key ring.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum KeyRingErrorKind {
@@ -414,6 +419,7 @@ impl KeyRingError {
         Self {
             kind,
             kid: kid.to_owned(),
+            path: None,
             line: None,
             source: None,
         }
@@ -463,7 +469,10 @@ impl fmt::Display for KeyRingError {
             KeyRingErrorKind::InvalidLine => {
                 f.write_str("expected a key id and a base64 secret separated by a space")
             }
-            KeyRingErrorKind::Io => f.write_str("failed to read key file"),
+            KeyRingErrorKind::Io => match &self.path {
+                Some(path) => write!(f, "failed to read key file {}", path.display()),
+                None => f.write_str("failed to read key file"),
+            },
         }
     }
 }
@@ -571,6 +580,21 @@ mod tests {
 
         assert_eq!(error.kind(), KeyRingErrorKind::InvalidLine);
         assert!(error.to_string().starts_with("line 2: "), "{error}");
+    }
+
+    #[test]
+    fn key_file_is_read_from_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.txt");
+        std::fs::write(&path, format!("orders {SECRET}\n")).unwrap();
+
+        let ring = KeyRing::read_key_file(&path).unwrap();
+        let missing = KeyRing::read_key_file(dir.path().join("absent.txt")).unwrap_err();
+
+        assert_eq!(ring.signing_key().kid(), "orders");
+        assert_eq!(missing.kind(), KeyRingErrorKind::Io);
+        assert!(missing.to_string().ends_with("absent.txt"), "{missing}");
+        assert!(std::error::Error::source(&missing).is_some());
     }
 
     #[test]

@@ -23,7 +23,7 @@
 //! let key = Key::from_base64("orders", "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=")?;
 //! let keys = KeyRing::single(key);
 //!
-//! // The receiver answers with the key id that signed the request.
+//! // The receiver returns the key id that signed the request.
 //! let receiver = ServiceBuilder::new()
 //!     .layer(VerifyLayer::new(keys.clone()))
 //!     .service(service_fn(|request: Request<Full<Bytes>>| async move {

@@ -1,4 +1,4 @@
-//! Why a signed request was rejected, the uniform 401 and the counters.
+//! Rejection reasons, the uniform 401 response and the outcome counters.
 
 use std::fmt;
 use std::sync::Arc;
@@ -9,7 +9,7 @@ use http::{Response, StatusCode};
 
 use crate::body::{ResponseBody, problem};
 
-/// Why the verifying layer rejected a request.
+/// The reason the verifying layer rejected a request.
 ///
 /// Every reason gets the same `401` response; the reason goes only to the
 /// log and to [`AuthMetrics`].
@@ -129,14 +129,12 @@ impl AuthMetrics {
             .sum()
     }
 
-    /// Returns how many requests were answered `413` for a body over the
-    /// limit.
+    /// Returns how many requests got `413` for a body over the limit.
     pub fn too_large(&self) -> u64 {
         self.counters.too_large.load(Ordering::Relaxed)
     }
 
-    /// Returns how many requests were answered `503` because the replay
-    /// store failed.
+    /// Returns how many requests got `503` because the replay store failed.
     pub fn store_errors(&self) -> u64 {
         self.counters.store_errors.load(Ordering::Relaxed)
     }

@@ -37,7 +37,7 @@ const NONCE_BYTES: usize = 24;
 /// layers, so that each attempt carries its own signature.
 ///
 /// A body over the limit, or one that fails to read, fails the call with
-/// a [`SignError`] (inside the [`BoxError`]); the request is never sent
+/// a [`SignError`] inside the [`BoxError`], so the request is never sent
 /// unsigned.
 #[derive(Debug, Clone)]
 pub struct SignLayer {

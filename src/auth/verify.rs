@@ -39,13 +39,13 @@ pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
 ///
 /// Responses:
 ///
-/// - every rejection is the same `401` (see [`unauthorized`]); the reason,
+/// - Every rejection is the same `401` (see [`unauthorized`]). The reason,
 ///   key id and clock skew go to `tracing` at debug level and to
-///   [`AuthMetrics`], never the secret or the signature;
-/// - a body over the limit is `413` problem+json, with at most the limit
-///   held in memory;
-/// - a failing replay store is `503` problem+json, logged at warn level.
-///   The protocol leaves this case open; rejecting is the fail-closed
+///   [`AuthMetrics`], but never the secret or the signature.
+/// - A body over the limit gets `413` problem+json, with at most the limit
+///   held in memory.
+/// - A failing replay store gets `503` problem+json, logged at warn level.
+///   The protocol leaves this case open. Rejecting is the fail-closed
 ///   choice, because accepting would let a replay through while the store
 ///   is down.
 ///
@@ -145,9 +145,11 @@ impl fmt::Debug for VerifyLayer {
 
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The replay store is left out: the in-memory one would print every
+        // nonce it keeps.
         f.debug_struct("VerifyLayer")
             .field("keys", &self.keys)
-            .field("replay", &self.replay)
+            .field("custom_replay_store", &self.custom_replay)
             .field("tolerance", &self.tolerance)
             .field("body_limit", &self.body_limit)
             .finish_non_exhaustive()
@@ -200,9 +202,11 @@ impl<S: fmt::Debug> fmt::Debug for Verify<S> {
 
 type VerifyResult<B, E> = Result<Response<ResponseBody<B>>, E>;
 
+type PendingResult<B, E> = BoxFuture<'static, VerifyResult<B, E>>;
+
 /// The response future of [`Verify`].
 pub struct ResponseFuture<B, E> {
-    inner: Either<Ready<VerifyResult<B, E>>, BoxFuture<'static, VerifyResult<B, E>>>,
+    inner: Either<Ready<VerifyResult<B, E>>, PendingResult<B, E>>,
 }
 
 impl<B, E> fmt::Debug for ResponseFuture<B, E> {
@@ -247,7 +251,7 @@ where
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let checked = match check_header(&self.config, request.headers()) {
             Ok(checked) => checked,
-            Err(response) => return ResponseFuture::respond(response),
+            Err(_) => return ResponseFuture::respond(unauthorized()),
         };
         if declared_length(request.headers()).is_some_and(|length| length > self.config.body_limit)
         {
@@ -274,39 +278,59 @@ struct Checked {
 }
 
 /// Runs steps 1 to 4, which need only the headers.
-fn check_header<B>(
-    config: &Config,
-    headers: &HeaderMap,
-) -> Result<Checked, Response<ResponseBody<B>>> {
+/// A rejection is already counted and logged when this returns.
+fn check_header(config: &Config, headers: &HeaderMap) -> Result<Checked, RejectReason> {
     let mut fields = headers.get_all(HEADER_NAME).iter();
     let value = match (fields.next(), fields.next()) {
         (Some(value), None) => value,
-        (None, _) => return Err(reject(config, RejectReason::Missing, None, None)),
-        (Some(_), Some(_)) => return Err(reject(config, RejectReason::Multiple, None, None)),
+        (None, _) => return Err(record_rejection(config, RejectReason::Missing, None, None)),
+        (Some(_), Some(_)) => {
+            return Err(record_rejection(config, RejectReason::Multiple, None, None));
+        }
     };
 
     let header = SignatureHeader::parse(value.as_bytes())
-        .map_err(|_| reject(config, RejectReason::Malformed, None, None))?;
+        .map_err(|_| record_rejection(config, RejectReason::Malformed, None, None))?;
 
     let kid = Some(header.kid());
     let now = config.clock.now();
     let key = match config.keys.lookup(header.kid(), now) {
         Ok(key) => key.clone(),
         Err(LookupError::Unknown) => {
-            return Err(reject(config, RejectReason::UnknownKey, kid, None));
+            return Err(record_rejection(
+                config,
+                RejectReason::UnknownKey,
+                kid,
+                None,
+            ));
         }
         Err(LookupError::Inactive) => {
-            return Err(reject(config, RejectReason::InactiveKey, kid, None));
+            return Err(record_rejection(
+                config,
+                RejectReason::InactiveKey,
+                kid,
+                None,
+            ));
         }
     };
 
     let skew = clock_skew(unix_seconds(now), header.timestamp());
     let tolerance = i128::from(config.tolerance.as_secs());
     if skew > tolerance {
-        return Err(reject(config, RejectReason::Expired, kid, Some(skew)));
+        return Err(record_rejection(
+            config,
+            RejectReason::Expired,
+            kid,
+            Some(skew),
+        ));
     }
     if skew < -tolerance {
-        return Err(reject(config, RejectReason::FromFuture, kid, Some(skew)));
+        return Err(record_rejection(
+            config,
+            RejectReason::FromFuture,
+            kid,
+            Some(skew),
+        ));
     }
 
     Ok(Checked {
@@ -415,18 +439,24 @@ where
         skew_secs = skew,
         "accepted signed request"
     );
+    if let Some(value) = parts.headers.get_mut(HEADER_NAME) {
+        // Keeps the signature out of `Debug` output and HPACK tables of
+        // the services below.
+        value.set_sensitive(true);
+    }
     parts.extensions.insert(KeyId::new(header.kid()));
     let request = Request::from_parts(parts, Full::new(bytes));
     let response = inner.call(request).await?;
     Ok(response.map(ResponseBody::inner))
 }
 
-fn reject<B>(
+/// Counts and logs a rejection, and returns its reason.
+fn record_rejection(
     config: &Config,
     reason: RejectReason,
     kid: Option<&str>,
     skew: Option<i128>,
-) -> Response<ResponseBody<B>> {
+) -> RejectReason {
     config.metrics.count_rejected(reason);
     tracing::debug!(
         reason = reason.as_str(),
@@ -434,6 +464,17 @@ fn reject<B>(
         skew_secs = skew.map(saturate),
         "rejected X-Authentication"
     );
+    reason
+}
+
+/// Counts and logs a rejection, and builds the uniform `401`.
+fn reject<B>(
+    config: &Config,
+    reason: RejectReason,
+    kid: Option<&str>,
+    skew: Option<i128>,
+) -> Response<ResponseBody<B>> {
+    record_rejection(config, reason, kid, skew);
     unauthorized()
 }
 

@@ -102,6 +102,18 @@ where
         let Ok(data) = frame.map_err(Into::into)?.into_data() else {
             continue;
         };
+
+        // Most handlers send their body as one frame: keep it without a copy.
+        if buffer.is_empty() && body.is_end_stream() {
+            if data.len() <= limit {
+                return Ok(Bounded::Whole(data));
+            }
+            return Ok(Bounded::TooLarge {
+                prefix: data,
+                rest: body,
+            });
+        }
+
         buffer.extend_from_slice(&data);
         if buffer.len() > limit {
             return Ok(Bounded::TooLarge {
@@ -141,6 +153,19 @@ mod tests {
 
         let all = PrefixedBody::new(prefix, rest).collect().await.unwrap();
         assert_eq!(all.to_bytes(), "abcdef");
+    }
+
+    #[tokio::test]
+    async fn single_frame_is_kept_whole_or_given_back() {
+        let within = read_bounded(chunked(&["abcd"]), 4).await.unwrap();
+        assert!(matches!(within, Bounded::Whole(bytes) if bytes == "abcd"));
+
+        let over = read_bounded(chunked(&["abcde"]), 4).await.unwrap();
+        let Bounded::TooLarge { prefix, rest } = over else {
+            panic!("expected a body over the limit");
+        };
+        let all = PrefixedBody::new(prefix, rest).collect().await.unwrap();
+        assert_eq!(all.to_bytes(), "abcde");
     }
 
     #[tokio::test]

@@ -33,16 +33,8 @@
 //! The outbox goes above the signing layer, and the dispatcher gets the
 //! same client stack, so that every attempt is signed afresh (new `ts`,
 //! new nonce) when it is sent, not when it was stored:
-//!
-//! ```text
-//! let client = ServiceBuilder::new()
-//!     .layer(SignLayer::new(keys))      // signs each attempt
-//!     .service(http_client);
-//! let outbox = ServiceBuilder::new()
-//!     .layer(OutboxLayer::optimistic(store.clone()))
-//!     .service(client.clone());
-//! let dispatcher = Dispatcher::new(store, client).spawn();
-//! ```
+//! `ServiceBuilder::new().layer(OutboxLayer::..).layer(SignLayer::..).service(client)`.
+//! The example below builds that stack.
 //!
 //! # What is promised
 //!
@@ -75,14 +67,16 @@
 //! # use http::{Request, Response, StatusCode};
 //! # use http_body_util::Full;
 //! # use tower::{ServiceBuilder, ServiceExt, service_fn};
-//! use tower_courier::outbox::{Delivery, OutboxLayer, QueuedReason};
+//! use tower_courier::auth::{Key, KeyRing, SignLayer};
+//! use tower_courier::outbox::{Delivery, Dispatcher, OutboxLayer, QueuedReason};
 //! use tower_courier::store::{MessageQueue, MessageState, memory::MemoryStore};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
 //! let store: Arc<dyn MessageQueue> = Arc::new(MemoryStore::new());
-//! // A receiver that is down for now.
-//! let client = service_fn(|_request: Request<Full<Bytes>>| async {
+//! let keys = KeyRing::single(Key::from_bytes("billing", &[7; 32]).unwrap());
+//! // Stands in for a hyper client: a receiver that is down for now.
+//! let http_client = service_fn(|_request: Request<Full<Bytes>>| async {
 //!     let mut response = Response::new(Full::new(Bytes::new()));
 //!     *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
 //!     Ok::<_, Infallible>(response)
@@ -90,7 +84,8 @@
 //!
 //! let outbox = ServiceBuilder::new()
 //!     .layer(OutboxLayer::optimistic(store.clone()))
-//!     .service(client);
+//!     .layer(SignLayer::new(keys.clone()))
+//!     .service(http_client.clone());
 //! let request = Request::post("http://127.0.0.1:9/orders").body(Full::new(Bytes::from("{}"))).unwrap();
 //!
 //! let Delivery::Queued(queued) = outbox.oneshot(request).await.unwrap() else {
@@ -98,9 +93,17 @@
 //! };
 //! assert!(matches!(queued.reason, QueuedReason::Transient { status: Some(StatusCode::SERVICE_UNAVAILABLE), .. }));
 //!
+//! // The stored request carries its Idempotency-Key, and no signature:
+//! // each attempt is signed when it is sent.
 //! let stored = store.get(queued.id).await.unwrap().unwrap();
 //! assert_eq!(stored.state, MessageState::Pending);
 //! assert_eq!(stored.headers["idempotency-key"], queued.id.to_string());
+//! assert!(!stored.headers.contains_key("x-authentication"));
+//!
+//! // The dispatcher sends through the same signing stack.
+//! let client = ServiceBuilder::new().layer(SignLayer::new(keys)).service(http_client);
+//! let dispatcher = Dispatcher::new(store, client).spawn();
+//! dispatcher.shutdown().await;
 //! # }
 //! ```
 //!

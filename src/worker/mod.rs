@@ -57,6 +57,56 @@
 //! letters and lost leases at `warn`. [`WorkerHandle::metrics`] returns the
 //! counters.
 //!
+//! # Example
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use std::sync::Arc;
+//! use std::time::{Duration, SystemTime};
+//!
+//! use bytes::Bytes;
+//! use http::{Method, Request, Response, StatusCode};
+//! use http_body_util::Full;
+//! use tower::service_fn;
+//! use tower_courier::store::{MessageQueue, MessageState, NewMessage, memory::MemoryStore};
+//! use tower_courier::worker::Worker;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let store: Arc<dyn MessageQueue> = Arc::new(MemoryStore::new());
+//! let handler = service_fn(|request: Request<Full<Bytes>>| async move {
+//!     let status = if request.uri().path() == "/ok" { StatusCode::OK } else { StatusCode::BAD_REQUEST };
+//!     let mut response = Response::new(Full::new(Bytes::from("done")));
+//!     *response.status_mut() = status;
+//!     Ok::<_, Infallible>(response)
+//! });
+//! let make_request = |message: &tower_courier::store::Message| {
+//!     let request = Request::builder()
+//!         .method(message.method.clone())
+//!         .uri(message.path_and_query.as_str())
+//!         .body(Full::new(message.body.clone()))?;
+//!     Ok(request)
+//! };
+//!
+//! let message = NewMessage::new("jobs", "local", Method::POST, "/ok", SystemTime::now());
+//! let id = message.id;
+//! store.enqueue(vec![message]).await.unwrap();
+//! let worker = Worker::new("jobs", store.clone(), handler, make_request)
+//!     .poll_interval(Duration::from_millis(10))
+//!     .spawn();
+//!
+//! while store.get(id).await.unwrap().unwrap().state != MessageState::Succeeded {
+//!     tokio::time::sleep(Duration::from_millis(5)).await;
+//! }
+//! worker.shutdown().await;
+//!
+//! let outcome = store.get(id).await.unwrap().unwrap().outcome.unwrap();
+//! assert_eq!(outcome.status, StatusCode::OK);
+//! assert_eq!(outcome.body, "done");
+//! assert_eq!(worker.metrics().delivered, 1);
+//! # }
+//! ```
+//!
 //! [`MessageQueue`]: crate::store::MessageQueue
 //! [`MessageQueue::subscribe`]: crate::store::MessageQueue::subscribe
 //! [`Message`]: crate::store::Message

@@ -59,10 +59,13 @@ pub(crate) async fn claim_loop(
     while *phase.borrow() == Phase::Running {
         while tasks.try_join_next().is_some() {}
 
+        // Under load, claiming as soon as one slot frees would make one
+        // store write per message, so the loop waits for a quarter batch.
+        let refill = (settings.batch_size.min(settings.concurrency) / 4).max(1);
         let free = slots.available_permits().min(settings.batch_size);
-        if free == 0 {
+        if free < refill {
             tokio::select! {
-                _ = slots.clone().acquire_owned() => {}
+                _ = slots.acquire_many(u32::try_from(refill).unwrap_or(u32::MAX)) => {}
                 _ = phase.changed() => {}
             }
             continue;

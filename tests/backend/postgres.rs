@@ -12,7 +12,7 @@ use tower_courier::store::postgres::{PostgresOptions, PostgresStore};
 use tower_courier::store::{MessageQueue, Store, StoreErrorKind};
 
 use crate::scenarios::*;
-use crate::support::{server_url, trial, unique_name};
+use crate::support::{capture_warnings, server_url, trial, unique_name};
 
 const VARIABLE: &str = "TOWER_COURIER_POSTGRES_URL";
 
@@ -58,6 +58,7 @@ pub(crate) fn trials() -> Vec<Trial> {
             VARIABLE,
             bad_enqueue_fails_alone,
         ),
+        autovacuum_warning_logged(url),
         trial(
             "pg_concurrent_migrations",
             url,
@@ -296,4 +297,36 @@ async fn store_connect_url(url: String) {
     assert!(format!("{store:?}").contains("PostgresStore"));
     let counts = store.queue().counts(&unique_name("q")).await.unwrap();
     assert_eq!(counts.pending, 0);
+}
+
+/// Returns a trial on warnings captured now, before other trials run (see
+/// `capture_warnings` for why).
+fn autovacuum_warning_logged(url: Option<&str>) -> Trial {
+    let name = "pg_autovacuum_warning_logged";
+    let Some(url) = url.map(str::to_owned) else {
+        return trial(name, None, VARIABLE, |_| async {});
+    };
+    let captured = capture_warnings(async move {
+        let store = open(&url).await;
+        let setting: String = sqlx::query("SELECT current_setting('autovacuum')")
+            .fetch_one(store.pool())
+            .await
+            .unwrap()
+            .get(0);
+        drop_schema(store.pool(), store.schema()).await;
+        setting
+    });
+
+    Trial::test(name, move || {
+        let (setting, warnings) = captured?;
+        let warned = warnings
+            .iter()
+            .any(|warning| warning.contains("autovacuum is off"));
+        assert_eq!(
+            warned,
+            setting == "off",
+            "autovacuum {setting}: {warnings:?}"
+        );
+        Ok(())
+    })
 }

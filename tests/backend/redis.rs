@@ -12,7 +12,7 @@ use tower_courier::store::redis::{RedisOptions, RedisStore};
 use tower_courier::store::{MessageQueue, Store, StoreErrorKind};
 
 use crate::scenarios::*;
-use crate::support::{server_url, trial, unique_name};
+use crate::support::{capture_warnings, server_url, trial, unique_name};
 
 const VARIABLE: &str = "TOWER_COURIER_REDIS_URL";
 
@@ -60,12 +60,7 @@ pub(crate) fn trials() -> Vec<Trial> {
             VARIABLE,
             subscriber_survives_kill,
         ),
-        trial(
-            "redis_durability_warnings_logged",
-            url,
-            VARIABLE,
-            durability_warnings_logged,
-        ),
+        durability_warnings_logged(url),
         trial(
             "redis_empty_prefix_rejected",
             url,
@@ -255,74 +250,43 @@ async fn store_connect_url(url: String) {
     assert_eq!(counts.pending, 0);
 }
 
-async fn durability_warnings_logged(url: String) {
-    let admin = connection(&url).await;
-    let config = |name: &'static str| {
-        let mut admin = admin.clone();
-        async move {
-            let pair: (String, String) = redis::cmd("CONFIG")
-                .arg("GET")
-                .arg(name)
-                .query_async(&mut admin)
-                .await
-                .unwrap();
-            pair.1
-        }
+/// Returns a trial on warnings captured now, before other trials run (see
+/// `capture_warnings` for why).
+fn durability_warnings_logged(url: Option<&str>) -> Trial {
+    let name = "redis_durability_warnings_logged";
+    let Some(url) = url.map(str::to_owned) else {
+        return trial(name, None, VARIABLE, |_| async {});
     };
-    let appendonly = config("appendonly").await;
-    let policy = config("maxmemory-policy").await;
+    let captured = capture_warnings(async move {
+        let store = open(&url).await;
+        delete_keys(&url, store.prefix()).await;
+        let admin = connection(&url).await;
+        let config = |name: &'static str| {
+            let mut admin = admin.clone();
+            async move {
+                let pair: (String, String) = redis::cmd("CONFIG")
+                    .arg("GET")
+                    .arg(name)
+                    .query_async(&mut admin)
+                    .await
+                    .unwrap();
+                pair.1
+            }
+        };
+        let appendonly = config("appendonly").await;
+        let policy = config("maxmemory-policy").await;
+        (appendonly, policy)
+    });
 
-    let warnings = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let guard = tracing::subscriber::set_default(WarnCapture(warnings.clone()));
-    let store = open(&url).await;
-    drop(guard);
-    let warnings = warnings.lock().unwrap().clone();
-
-    let mentions = |word: &str| warnings.iter().any(|warning| warning.contains(word));
-    assert_eq!(mentions("appendonly"), appendonly != "yes", "{warnings:?}");
-    assert_eq!(
-        mentions("maxmemory-policy"),
-        policy != "noeviction",
-        "{warnings:?}"
-    );
-    delete_keys(&url, store.prefix()).await;
-}
-
-/// A tracing subscriber that keeps the message of every warning.
-struct WarnCapture(Arc<std::sync::Mutex<Vec<String>>>);
-
-impl tracing::Subscriber for WarnCapture {
-    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
-        true
-    }
-
-    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-        tracing::span::Id::from_u64(1)
-    }
-
-    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
-
-    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-
-    fn event(&self, event: &tracing::Event<'_>) {
-        if *event.metadata().level() == tracing::Level::WARN {
-            let mut message = MessageText(String::new());
-            event.record(&mut message);
-            self.0.lock().unwrap().push(message.0);
-        }
-    }
-
-    fn enter(&self, _: &tracing::span::Id) {}
-
-    fn exit(&self, _: &tracing::span::Id) {}
-}
-
-struct MessageText(String);
-
-impl tracing::field::Visit for MessageText {
-    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        if field.name() == "message" {
-            self.0 = format!("{value:?}");
-        }
-    }
+    Trial::test(name, move || {
+        let ((appendonly, policy), warnings) = captured?;
+        let mentions = |word: &str| warnings.iter().any(|warning| warning.contains(word));
+        assert_eq!(mentions("appendonly"), appendonly != "yes", "{warnings:?}");
+        assert_eq!(
+            mentions("maxmemory-policy"),
+            policy != "noeviction",
+            "{warnings:?}"
+        );
+        Ok(())
+    })
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use libtest_mimic::{Completion, Trial};
@@ -37,6 +38,34 @@ where
     })
 }
 
+/// Runs `task` on a fresh Tokio runtime on this thread with a subscriber
+/// that keeps warnings, and returns its output and the warnings' messages,
+/// or the panic message if `task` panicked.
+///
+/// Call it before any trial starts: tracing caches per call site whether
+/// any subscriber wants its events, and a trial that hits a call site
+/// while another thread is installing a scoped subscriber can leave it
+/// cached as disabled, so a capture next to running trials misses events.
+pub fn capture_warnings<T>(task: impl Future<Output = T>) -> Result<(T, Vec<String>), String> {
+    let warnings = Arc::new(Mutex::new(Vec::new()));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime must start");
+    let output = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _guard = tracing::subscriber::set_default(WarnCapture(warnings.clone()));
+        runtime.block_on(task)
+    }))
+    .map_err(|panic| {
+        let text = panic.downcast_ref::<String>().cloned();
+        let text = text.or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()));
+        text.unwrap_or_else(|| "the capture panicked".to_owned())
+    })?;
+    let warnings = warnings.lock().unwrap().clone();
+    Ok((output, warnings))
+}
+
 /// Returns the one trial a target prints when built without its feature.
 pub fn feature_missing(feature: &str) -> Trial {
     let reason = format!(
@@ -57,4 +86,43 @@ pub fn unique_name(prefix: &str) -> String {
 /// at once by any server's clock.
 pub fn long_ago() -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(1_600_000_000)
+}
+
+/// A tracing subscriber that keeps the message of every warning.
+struct WarnCapture(Arc<Mutex<Vec<String>>>);
+
+impl tracing::Subscriber for WarnCapture {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+
+    fn event(&self, event: &tracing::Event<'_>) {
+        if *event.metadata().level() == tracing::Level::WARN {
+            let mut message = MessageText(String::new());
+            event.record(&mut message);
+            self.0.lock().unwrap().push(message.0);
+        }
+    }
+
+    fn enter(&self, _: &tracing::span::Id) {}
+
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+struct MessageText(String);
+
+impl tracing::field::Visit for MessageText {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.0 = format!("{value:?}");
+        }
+    }
 }

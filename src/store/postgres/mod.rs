@@ -83,6 +83,9 @@
 //! 1,000 rows changed, analyze after 2%), so autovacuum keeps up with
 //! churn instead of waiting for 20% of a large table to die. Operators can
 //! change these settings with `ALTER TABLE`; the store never resets them.
+//! None of this happens on a server with `autovacuum = off`, where the
+//! table grows until someone runs `VACUUM`: the store logs a warning at
+//! connect when it finds autovacuum off.
 //!
 //! # Not promised
 //!
@@ -287,6 +290,7 @@ impl PostgresStore {
             .await
             .map_err(|error| StoreError::unavailable("failed to connect to postgres", error))?;
         schema::migrate(&pool, &options.schema).await?;
+        schema::warn_without_autovacuum(&pool).await;
 
         let shared = Arc::new(Shared {
             pool,

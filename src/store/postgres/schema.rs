@@ -147,3 +147,21 @@ async fn apply(
         .map_err(fail)?;
     Ok(())
 }
+
+/// Logs a warning when the server's autovacuum is off, because the
+/// messages table then keeps every dead row version until a manual
+/// `VACUUM`. A server that hides the setting gets one debug line instead.
+pub(super) async fn warn_without_autovacuum(pool: &PgPool) {
+    let setting = sqlx::query("SELECT current_setting('autovacuum')")
+        .fetch_one(pool)
+        .await
+        .and_then(|row| row.try_get::<String, _>(0));
+    match setting {
+        Ok(setting) if setting == "off" => tracing::warn!(
+            "postgres autovacuum is off: the messages table keeps about three dead row \
+             versions per message until VACUUM runs; turn autovacuum on or schedule VACUUM"
+        ),
+        Ok(_) => {}
+        Err(error) => tracing::debug!(%error, "cannot read the autovacuum setting"),
+    }
+}
