@@ -1,6 +1,7 @@
-//! Runs the `openssl` + `curl` recipe of `docs/auth.md` against a real
+//! Runs the `openssl` + `curl` recipe of the README against a real
 //! verifying server on loopback, so the documented recipe cannot drift
-//! from what the crate accepts.
+//! from what the crate accepts. `docs/auth.md` repeats the recipe, and a
+//! test keeps the two copies identical.
 
 use std::net::SocketAddr;
 use std::process::{Command, Output};
@@ -17,12 +18,14 @@ use tower_courier::auth::{Key, KeyId, KeyRing, VerifyLayer};
 const SECRET: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 const MARKER: &str = "<!-- shell-recipe:";
 
-/// Returns the first bash block after the marker in `docs/auth.md`.
+/// Returns the recipe as the README shows it.
 fn recipe() -> String {
-    let doc = include_str!("../docs/auth.md");
-    let after_marker = &doc[doc
-        .find(MARKER)
-        .expect("docs/auth.md has the recipe marker")..];
+    recipe_in(include_str!("../README.md"))
+}
+
+/// Returns the first bash block after the marker in `doc`.
+fn recipe_in(doc: &str) -> String {
+    let after_marker = &doc[doc.find(MARKER).expect("the document has the recipe marker")..];
     let start = after_marker
         .find("```bash\n")
         .expect("a bash block follows the marker")
@@ -151,4 +154,9 @@ async fn recipe_with_other_secret_is_401() {
 
     assert_eq!(status_line(&output), "HTTP/1.1 401 Unauthorized");
     assert_eq!(calls.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn auth_doc_repeats_the_readme_recipe() {
+    assert_eq!(recipe_in(include_str!("../docs/auth.md")), recipe());
 }

@@ -48,9 +48,9 @@ impl Store {
     /// | URL | backend |
     /// |---|---|
     /// | `memory` | [`memory::MemoryStore`](super::memory::MemoryStore), not durable |
-    /// | `sqlite:PATH` | [`sqlite::SqliteStore`](super::sqlite::SqliteStore) (feature `sqlite`) |
-    /// | `postgres://...` | the PostgreSQL store (feature `postgres`) |
-    /// | `redis://...` | the Redis store (feature `redis`) |
+    /// | `sqlite:PATH` or `sqlite://PATH` | [`sqlite::SqliteStore`](super::sqlite::SqliteStore) (feature `sqlite`); `sqlite:///var/lib/courier.db` is the absolute path `/var/lib/courier.db` |
+    /// | `postgres://...`, `postgresql://...` | [`postgres::PostgresStore`](super::postgres::PostgresStore) (feature `postgres`), schema `courier` |
+    /// | `redis://...` | [`redis::RedisStore`](super::redis::RedisStore) (feature `redis`), key prefix `courier:` |
     ///
     /// # Errors
     ///
@@ -61,6 +61,20 @@ impl Store {
         let scheme = url.split(':').next().unwrap_or_default();
         #[allow(clippy::match_single_binding)]
         match scheme {
+            "memory" if url == "memory" || url == "memory:" => {
+                Ok(Self::new(super::memory::MemoryStore::new()))
+            }
+            #[cfg(feature = "sqlite")]
+            "sqlite" => {
+                let path = sqlite_path(url)?;
+                Ok(Self::new(super::sqlite::SqliteStore::open(path).await?))
+            }
+            #[cfg(feature = "postgres")]
+            "postgres" | "postgresql" => Ok(Self::new(
+                super::postgres::PostgresStore::connect(url).await?,
+            )),
+            #[cfg(feature = "redis")]
+            "redis" => Ok(Self::new(super::redis::RedisStore::connect(url).await?)),
             _ => Err(StoreError::new(
                 StoreErrorKind::Invalid,
                 format!(
@@ -87,8 +101,71 @@ impl Store {
     }
 }
 
+/// Returns the file path of `sqlite:PATH` or `sqlite://PATH`.
+#[cfg(feature = "sqlite")]
+fn sqlite_path(url: &str) -> Result<&str, StoreError> {
+    let rest = url.strip_prefix("sqlite:").unwrap_or_default();
+    let path = rest.strip_prefix("//").unwrap_or(rest);
+    if path.is_empty() {
+        return Err(StoreError::new(
+            StoreErrorKind::Invalid,
+            format!("store url {url:?} names no file: expected sqlite:PATH"),
+        ));
+    }
+    Ok(path)
+}
+
 impl fmt::Debug for Store {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_tuple("Store").field(&self.description).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use http::Method;
+
+    use super::*;
+    use crate::store::NewMessage;
+
+    #[tokio::test]
+    async fn connect_opens_memory() {
+        let store = Store::connect("memory").await.unwrap();
+        assert!(format!("{store:?}").contains("MemoryStore"));
+    }
+
+    #[cfg(feature = "sqlite")]
+    #[tokio::test]
+    async fn connect_opens_both_sqlite_spellings() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("courier.db");
+        let message = NewMessage::new(
+            "q",
+            "http://127.0.0.1:9",
+            Method::GET,
+            "/",
+            SystemTime::now(),
+        );
+
+        let first = Store::connect(&format!("sqlite:{}", path.display()))
+            .await
+            .unwrap();
+        first.queue().enqueue(vec![message.clone()]).await.unwrap();
+        let second = Store::connect(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
+
+        let found = second.queue().get(message.id).await.unwrap();
+        assert!(found.is_some(), "both urls must name the same file");
+    }
+
+    #[tokio::test]
+    async fn connect_rejects_unknown_schemes() {
+        for url in ["mysql://127.0.0.1/db", "memory:extra", "sqlite:", ""] {
+            let error = Store::connect(url).await.unwrap_err();
+            assert_eq!(error.kind(), StoreErrorKind::Invalid, "{url}");
+        }
     }
 }

@@ -10,8 +10,8 @@
 //! URL such as `sqlite:courier.db` or `memory`.
 
 mod bundle;
-// The backends that encode headers land behind features.
-#[allow(dead_code)]
+// Used by the database backends, so unused when none is compiled in.
+#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
 mod codec;
 mod error;
 mod idempotency;
@@ -19,7 +19,19 @@ mod message;
 mod notify;
 mod replay;
 
+#[cfg(feature = "conformance")]
+#[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
+pub mod conformance;
 pub mod memory;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub mod postgres;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod redis;
+#[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+pub mod sqlite;
 
 pub use bundle::Store;
 pub use error::{StoreError, StoreErrorKind};

@@ -1,0 +1,344 @@
+//! Outbound delivery throughput and latency, and the inline retry layer's
+//! overhead, against a minimal loopback receiver.
+//!
+//! Prints `name: value unit` lines. `QUICK=1` runs smaller counts.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http::{Method, Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tower::{Service, ServiceExt};
+use tower_courier::outbox::Dispatcher;
+use tower_courier::retry::{Backoff, RetryLayer};
+use tower_courier::store::memory::MemoryStore;
+use tower_courier::store::sqlite::SqliteStore;
+use tower_courier::store::{MessageQueue, NewMessage};
+
+/// Every latency is measured from this instant, shared by sender and
+/// receiver in one process.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn micros_since_epoch() -> u64 {
+    epoch().elapsed().as_micros() as u64
+}
+
+/// What the receiver counts: requests, and enqueue-to-arrival latencies
+/// of requests that carry `x-enqueued-at`.
+#[derive(Default)]
+struct Tally {
+    received: AtomicU64,
+    latencies_us: Mutex<Vec<u64>>,
+}
+
+async fn start_receiver(listener: TcpListener, tally: Arc<Tally>) {
+    loop {
+        let Ok((socket, _)) = listener.accept().await else {
+            return;
+        };
+        let _ = socket.set_nodelay(true);
+        let tally = tally.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                let tally = tally.clone();
+                async move {
+                    if let Some(sent) = request.headers().get("x-enqueued-at") {
+                        let sent: u64 = sent.to_str().unwrap().parse().unwrap();
+                        let latency = micros_since_epoch().saturating_sub(sent);
+                        tally.latencies_us.lock().unwrap().push(latency);
+                    }
+                    tally.received.fetch_add(1, Ordering::Relaxed);
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+                }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(socket), service)
+                .await;
+        });
+    }
+}
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+fn client() -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(512)
+        .build(connector)
+}
+
+fn message(addr: SocketAddr, stamp: bool) -> NewMessage {
+    let mut message = NewMessage::new(
+        "outbox",
+        format!("http://{addr}"),
+        Method::POST,
+        "/events",
+        SystemTime::now(),
+    );
+    let key = message.id.to_string();
+    message
+        .headers
+        .insert("idempotency-key", key.parse().unwrap());
+    if stamp {
+        let now = micros_since_epoch().to_string();
+        message
+            .headers
+            .insert("x-enqueued-at", now.parse().unwrap());
+    }
+    message.body = Bytes::from_static(br#"{"event":"order.created","order":42}"#);
+    message
+}
+
+fn dispatcher(store: Arc<dyn MessageQueue>) -> Dispatcher {
+    Dispatcher::new(store, client())
+        .batch_size(256)
+        .concurrency(256)
+        .per_destination(256)
+        .poll_interval(Duration::from_millis(100))
+        .backoff(
+            Backoff::default()
+                .initial_delay(Duration::from_millis(200))
+                .min_delay(Duration::from_millis(50))
+                .max_delay(Duration::from_secs(1)),
+        )
+}
+
+async fn enqueue_all(store: &Arc<dyn MessageQueue>, addr: SocketAddr, count: usize) {
+    let mut left = count;
+    while left > 0 {
+        let batch = left.min(500);
+        let messages = (0..batch).map(|_| message(addr, false)).collect();
+        store.enqueue(messages).await.unwrap();
+        left -= batch;
+    }
+}
+
+async fn wait_received(tally: &Tally, count: u64) {
+    while tally.received.load(Ordering::Relaxed) < count {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Enqueues `count` messages, then claims and completes them with no HTTP
+/// in between, 256 at a time: the store's ceiling for a drain.
+async fn store_ceiling(name: &str, store: Arc<dyn MessageQueue>, count: usize) {
+    let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    enqueue_all(&store, addr, count).await;
+
+    let started = Instant::now();
+    let mut done = 0;
+    while done < count {
+        let claimed = store
+            .claim("outbox", 256, Duration::from_secs(30))
+            .await
+            .unwrap();
+        let mut tasks = tokio::task::JoinSet::new();
+        for message in claimed {
+            let store = store.clone();
+            tasks.spawn(async move { store.complete(&message.lease, None).await.unwrap() });
+        }
+        while tasks.join_next().await.is_some() {
+            done += 1;
+        }
+    }
+    println!(
+        "{name}: {:.0} msg/s",
+        count as f64 / started.elapsed().as_secs_f64()
+    );
+}
+
+/// Enqueues `count` messages, then times the dispatcher draining them.
+async fn drain_rate(name: &str, store: Arc<dyn MessageQueue>, count: usize) {
+    let tally = Arc::new(Tally::default());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(start_receiver(listener, tally.clone()));
+    enqueue_all(&store, addr, count).await;
+
+    let started = Instant::now();
+    let handle = dispatcher(store).spawn();
+    wait_received(&tally, count as u64).await;
+    let elapsed = started.elapsed();
+    while handle.metrics().delivered < count as u64 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let recorded = started.elapsed();
+    handle.shutdown().await;
+
+    println!("{name}: {:.0} msg/s", count as f64 / elapsed.as_secs_f64());
+    println!(
+        "{name}_recorded: {:.0} msg/s",
+        count as f64 / recorded.as_secs_f64()
+    );
+}
+
+/// Enqueues one message every `gap` with the dispatcher running, and
+/// reports enqueue-to-arrival latency percentiles.
+async fn latency(name: &str, store: Arc<dyn MessageQueue>, count: usize, gap: Duration) {
+    let tally = Arc::new(Tally::default());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(start_receiver(listener, tally.clone()));
+    let handle = dispatcher(store.clone()).spawn();
+
+    let mut ticker = tokio::time::interval(gap);
+    for _ in 0..count {
+        ticker.tick().await;
+        store.enqueue(vec![message(addr, true)]).await.unwrap();
+    }
+    wait_received(&tally, count as u64).await;
+    handle.shutdown().await;
+
+    let mut latencies = tally.latencies_us.lock().unwrap().clone();
+    latencies.sort_unstable();
+    let at =
+        |share: f64| latencies[((latencies.len() - 1) as f64 * share) as usize] as f64 / 1000.0;
+    println!("{name}_p50: {:.2} ms", at(0.50));
+    println!("{name}_p99: {:.2} ms", at(0.99));
+}
+
+/// Enqueues `count` messages while the receiver is down, brings it up
+/// after `down`, and times the drain from then.
+async fn recovery(name: &str, store: Arc<dyn MessageQueue>, count: usize, down: Duration) {
+    let addr = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    enqueue_all(&store, addr, count).await;
+    let handle = dispatcher(store).spawn();
+    tokio::time::sleep(down).await;
+
+    let tally = Arc::new(Tally::default());
+    let listener = TcpListener::bind(addr).await.unwrap();
+    let up = Instant::now();
+    tokio::spawn(start_receiver(listener, tally.clone()));
+    while handle.metrics().delivered < count as u64 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let elapsed = up.elapsed();
+    let metrics = handle.metrics();
+    handle.shutdown().await;
+
+    println!("{name}: {:.0} msg/s", count as f64 / elapsed.as_secs_f64());
+    println!("{name}_retried: {} attempts", metrics.retried);
+}
+
+/// Sends `count` GET requests, 32 at a time, and returns requests per
+/// second.
+async fn request_rate<S>(service: S, addr: SocketAddr, count: usize) -> f64
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<Incoming>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: std::fmt::Debug,
+{
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for lane in 0..32 {
+        let service = service.clone();
+        let uri = format!("http://{addr}/ping");
+        tasks.spawn(async move {
+            for _ in (lane..count).step_by(32) {
+                let request = Request::get(&uri).body(Full::new(Bytes::new())).unwrap();
+                let response = service.clone().oneshot(request).await.unwrap();
+                assert!(response.status().is_success());
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    count as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Compares the inline retry layer with the bare client on the success
+/// path, in alternating rounds.
+async fn retry_overhead(count: usize, rounds: usize) {
+    let tally = Arc::new(Tally::default());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(start_receiver(listener, tally));
+
+    let bare = client();
+    let layered = tower::Layer::layer(&RetryLayer::new(), client());
+    request_rate(bare.clone(), addr, count / 4).await;
+    request_rate(layered.clone(), addr, count / 4).await;
+
+    let (mut bare_total, mut layered_total) = (0.0, 0.0);
+    for _ in 0..rounds {
+        bare_total += request_rate(bare.clone(), addr, count).await;
+        layered_total += request_rate(layered.clone(), addr, count).await;
+    }
+    println!("bare_client: {:.0} req/s", bare_total / rounds as f64);
+    println!("retry_layer: {:.0} req/s", layered_total / rounds as f64);
+    println!("ratio_retry_layer: {:.3} x", layered_total / bare_total);
+}
+
+async fn sqlite_store(dir: &tempfile::TempDir, name: &str) -> Arc<dyn MessageQueue> {
+    Arc::new(SqliteStore::open(dir.path().join(name)).await.unwrap())
+}
+
+/// Returns `true` if the section `name` should run: every section, or
+/// those whose name contains the first command-line argument that is not
+/// a flag (`cargo bench --bench delivery -- sqlite`).
+fn selected(name: &str) -> bool {
+    let filter = std::env::args().skip(1).find(|arg| !arg.starts_with("--"));
+    filter.is_none_or(|filter| name.contains(&filter))
+}
+
+#[tokio::main]
+async fn main() {
+    epoch();
+    let quick = std::env::var_os("QUICK").is_some();
+    let (count, latency_count, requests, rounds) = if quick {
+        (5_000, 300, 5_000, 2)
+    } else {
+        (20_000, 2_000, 20_000, 4)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let gap = Duration::from_millis(2);
+
+    if selected("store_sqlite_claim_complete") {
+        let store = sqlite_store(&dir, "ceiling.db").await;
+        store_ceiling("store_sqlite_claim_complete", store, count).await;
+    }
+    if selected("delivery_memory") {
+        drain_rate("delivery_memory", Arc::new(MemoryStore::new()), count).await;
+        latency(
+            "delivery_memory",
+            Arc::new(MemoryStore::new()),
+            latency_count,
+            gap,
+        )
+        .await;
+    }
+    if selected("delivery_sqlite") {
+        drain_rate(
+            "delivery_sqlite",
+            sqlite_store(&dir, "drain.db").await,
+            count,
+        )
+        .await;
+        let store = sqlite_store(&dir, "latency.db").await;
+        latency("delivery_sqlite", store, latency_count, gap).await;
+    }
+    if selected("recovery_sqlite") {
+        let store = sqlite_store(&dir, "recovery.db").await;
+        recovery("recovery_sqlite", store, count / 2, Duration::from_secs(2)).await;
+    }
+    if selected("ratio_retry_layer") {
+        retry_overhead(requests, rounds).await;
+    }
+}

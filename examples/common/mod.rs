@@ -1,0 +1,75 @@
+//! Code shared by the `receiver`, `sender` and `demo` examples.
+//!
+//! Each example includes this module with `mod common;`, so a function
+//! that one example does not call is dead code in that example.
+#![allow(dead_code)]
+
+pub mod ledger;
+pub mod receiver;
+pub mod sender;
+
+use std::path::Path;
+use std::time::Duration;
+
+use tower_courier::BoxError;
+use tower_courier::auth::KeyRing;
+use tower_courier::retry::Backoff;
+
+/// Returns the retry schedule of the examples' dispatcher and command
+/// workers: delays drawn from 100 ms up to a ceiling that starts at 250 ms and
+/// doubles to 4 s, for at most 40 attempts. A message is retried through
+/// about a minute of outage (the average delay is half its ceiling)
+/// before it is dead-lettered. The crate's default retries for a day,
+/// which suits production but not a test run.
+pub fn example_backoff() -> Backoff {
+    Backoff::new()
+        .initial_delay(Duration::from_millis(250))
+        .max_delay(Duration::from_secs(4))
+        .max_attempts(40)
+        .max_age(Duration::from_secs(30 * 60))
+}
+
+/// The lease of the examples' dispatcher and command workers: a killed
+/// process's messages are claimable again after 5 seconds. The crate's
+/// default is 30 seconds.
+pub const EXAMPLE_LEASE: Duration = Duration::from_secs(5);
+
+/// Reads the key file at `path`. With `kid`, that key signs; without it,
+/// the first key of the file signs, as [`KeyRing::read_key_file`] does.
+///
+/// # Errors
+///
+/// Fails when the file cannot be read or parsed, or names no key `kid`.
+pub fn read_keys(path: &Path, kid: Option<&str>) -> Result<KeyRing, BoxError> {
+    let ring = KeyRing::read_key_file(path)
+        .map_err(|error| format!("invalid key file {}: {error}", path.display()))?;
+    let Some(kid) = kid else {
+        return Ok(ring);
+    };
+
+    let text = std::fs::read_to_string(path)?;
+    let mut builder = KeyRing::builder();
+    for other in key_ids(&text) {
+        let key = ring
+            .get(other)
+            .cloned()
+            .ok_or("key file changed while read")?;
+        builder = if other == kid {
+            builder.signing_key(key)
+        } else {
+            builder.key(key)
+        };
+    }
+    if ring.get(kid).is_none() {
+        return Err(format!("key file {} has no key {kid:?}", path.display()).into());
+    }
+    Ok(builder.build()?)
+}
+
+/// Returns the key ids of a key file's lines, in file order.
+fn key_ids(text: &str) -> impl Iterator<Item = &str> {
+    text.lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .filter_map(|line| line.split_whitespace().next())
+}

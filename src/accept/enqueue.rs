@@ -1,0 +1,116 @@
+//! Command storage and the `202 Accepted` response.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body::Body;
+
+use super::layer::Config;
+use super::route::CommandRoute;
+use crate::BoxError;
+use crate::body::{CollectError, ResponseBody, collect_limited, problem};
+use crate::store::NewMessage;
+
+/// The metadata entry that keeps the authenticated key id of a command.
+pub const PRINCIPAL_METADATA: &str = "principal";
+
+/// Stores the command, then returns `202 Accepted`. Returns `503` and
+/// stores nothing if the store fails.
+pub(crate) async fn accept<ReqBody, B>(
+    config: Arc<Config>,
+    route: CommandRoute,
+    request: Request<ReqBody>,
+) -> Response<ResponseBody<B>>
+where
+    ReqBody: Body,
+    ReqBody::Error: Into<BoxError>,
+{
+    let (parts, body) = request.into_parts();
+    let body = match collect_limited(body, config.request_body_limit).await {
+        Ok(body) => body,
+        Err(error @ CollectError::TooLarge { .. }) => {
+            return problem(StatusCode::PAYLOAD_TOO_LARGE, Some(&error.to_string()));
+        }
+        Err(CollectError::Read(_)) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                Some("failed to read the request body"),
+            );
+        }
+    };
+
+    let message = command_message(&config, &route, parts, body);
+    let id = message.id;
+    if let Err(error) = config.queue.enqueue(vec![message]).await {
+        tracing::warn!(error = %error, route = route.pattern(), "failed to store a command");
+        let detail = "the command store is unavailable, so the command was not accepted";
+        return problem(StatusCode::SERVICE_UNAVAILABLE, Some(detail));
+    }
+
+    tracing::debug!(command_id = %id, route = route.pattern(), "accepted command");
+    accepted(&config.status_prefix, &id.to_string())
+}
+
+fn command_message(
+    config: &Config,
+    route: &CommandRoute,
+    parts: http::request::Parts,
+    body: Bytes,
+) -> NewMessage {
+    let path_and_query = parts.uri.path_and_query().map_or_else(
+        || "/".to_owned(),
+        |path_and_query| path_and_query.to_string(),
+    );
+    let mut message = NewMessage::new(
+        config.queue_name.clone(),
+        route.pattern(),
+        parts.method,
+        path_and_query,
+        config.clock.now(),
+    );
+
+    message.headers = end_to_end_headers(parts.headers);
+    message.body = body;
+    if let Some(principal) = crate::idempotency::principal(&parts.extensions) {
+        message
+            .metadata
+            .insert(PRINCIPAL_METADATA.to_owned(), principal);
+    }
+    message
+}
+
+/// Drops the hop-by-hop fields, which describe the connection the command
+/// arrived on and mean nothing to the worker that runs it later.
+fn end_to_end_headers(mut headers: HeaderMap) -> HeaderMap {
+    const HOP_BY_HOP: [HeaderName; 6] = [
+        header::CONNECTION,
+        HeaderName::from_static("keep-alive"),
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ];
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    headers
+}
+
+fn accepted<B>(status_prefix: &str, id: &str) -> Response<ResponseBody<B>> {
+    let body = serde_json::json!({ "id": id, "status": "accepted" }).to_string();
+    let location = format!("{status_prefix}/{id}");
+
+    let mut response = Response::new(ResponseBody::full(body));
+    *response.status_mut() = StatusCode::ACCEPTED;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    let location = HeaderValue::try_from(location)
+        .expect("the status prefix was checked to be a valid header value");
+    headers.insert(header::LOCATION, location);
+    response
+}
