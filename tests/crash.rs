@@ -194,3 +194,14 @@ fn receiver_killed_in_accept_mode_queues_once() {
         "one command per Idempotency-Key: {counts:?}"
     );
 }
+
+/// Runs the demo, which exits with 0 only when no command was lost and
+/// none was applied twice.
+#[test]
+fn demo_applies_every_command_once() {
+    let process = Process::start("demo", &[]);
+    let output = process.finish_with_output();
+
+    assert!(output.contains("lost                 0"), "{output}");
+    assert!(output.contains("applied twice        0"), "{output}");
+}

@@ -73,25 +73,28 @@
 //!
 //! # Table growth
 //!
-//! Finished messages stay until [`MessageQueue::purge`] deletes them;
-//! expired idempotency records until [`IdempotencyStore::purge_expired`];
-//! expired replay nonces are deleted by the store itself, at most once a
-//! minute, during inserts. Every claim and every state change writes a new
-//! row version, so a busy queue leaves many dead tuples behind. The messages
-//! table is created with `fillfactor = 90` and with autovacuum thresholds
-//! far lower than PostgreSQL's defaults (vacuum after 1% of the table or
-//! 1,000 rows changed, analyze after 2%), so autovacuum keeps up with
-//! churn instead of waiting for 20% of a large table to die. Operators can
-//! change these settings with `ALTER TABLE`; the store never resets them.
-//! None of this happens on a server with `autovacuum = off`, where the
-//! table grows until someone runs `VACUUM`: the store logs a warning at
-//! connect when it finds autovacuum off.
+//! Finished messages stay until [`MessageQueue::purge`] deletes them, and
+//! expired idempotency records until [`IdempotencyStore::purge_expired`].
+//! The store deletes expired replay nonces itself, at most once a minute,
+//! during inserts. Every claim and every state change writes a new row
+//! version, and most change the indexed `state` column, so they cannot be
+//! heap-only updates: a busy queue leaves about three dead row versions per
+//! message. The messages table is therefore created with autovacuum
+//! thresholds far below PostgreSQL's defaults: vacuum after 1,000 dead rows
+//! plus 1% of the table (the default is 50 plus 20%), analyze after 2%
+//! changed. Its `fillfactor = 90` leaves room on each page for the updates
+//! that can stay on their page. Operators can change these settings with
+//! `ALTER TABLE`; the store never resets them. None of this helps on a
+//! server with `autovacuum = off`, where the table grows until someone runs
+//! `VACUUM`, so the store logs a warning at connect when it finds
+//! autovacuum off.
 //!
 //! # Not promised
 //!
 //! - The store needs PostgreSQL 13 or later.
-//! - A write that times out on the client may still commit on the server;
-//!   an enqueue of the same message id again is a safe way to find out.
+//! - A write that times out on the client may still commit on the server.
+//!   To find out, enqueue the same message id again, which is safe because
+//!   existing ids are skipped.
 //! - A `LISTEN` connection in a connection pooler such as PgBouncer in
 //!   transaction mode does not receive notifications; connect the store
 //!   to the database directly.
@@ -271,8 +274,12 @@ impl PostgresStore {
     /// Connects to the database at `url` with `options`, and creates or
     /// migrates the schema they name.
     ///
-    /// Must be called within a Tokio runtime, which runs the listener and
-    /// the group-commit writer.
+    /// The listener and the group-commit writer run as tasks on the Tokio
+    /// runtime of the caller.
+    ///
+    /// # Panics
+    ///
+    /// Panics when called outside a Tokio runtime.
     ///
     /// # Errors
     ///
