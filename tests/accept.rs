@@ -755,3 +755,36 @@ async fn shutdown_lets_running_command_finish() {
     assert_eq!(body["status"], "succeeded");
     assert_eq!(body["response"]["body"], "finished");
 }
+
+/// A receiver that stored a command but died before the idempotency layer
+/// stored the `202` sees the sender's retry reach the accept layer again:
+/// the retry must name the first command, not queue a second one.
+#[tokio::test]
+async fn keyed_retry_without_stored_202_names_same_command() {
+    let store = Arc::new(MemoryStore::new());
+    let layer = AcceptLayer::new(store.clone()).command(Method::POST, "/orders");
+    let address = serve(app(&layer)).await;
+    let key = Some("order-7");
+
+    let first = send(
+        address,
+        loopback::post(address, "/orders", key, "{\"qty\":2}"),
+    )
+    .await;
+    let retry = send(
+        address,
+        loopback::post(address, "/orders", key, "{\"qty\":2}"),
+    )
+    .await;
+    let other = send(
+        address,
+        loopback::post(address, "/orders", key, "{\"qty\":3}"),
+    )
+    .await;
+
+    assert_eq!(first.status, StatusCode::ACCEPTED);
+    assert_eq!(retry.status, StatusCode::ACCEPTED);
+    assert_eq!(accepted_id(&retry), accepted_id(&first));
+    assert_ne!(accepted_id(&other), accepted_id(&first));
+    assert_eq!(store.counts("commands").await.unwrap().pending, 2);
+}

@@ -173,8 +173,6 @@ fn receiver_killed_in_accept_mode_applies_once() {
 /// Checks that a receiver crash queues no command twice: a retried
 /// request must replay its `202` rather than store a second command.
 #[test]
-#[ignore = "known gap: a receiver killed after the accept layer stored a command \
-            but before the idempotency layer stored the 202 queues it again on retry"]
 fn receiver_killed_in_accept_mode_queues_once() {
     let (setup, _stats) = receiver_crash_scenario();
 

@@ -50,8 +50,10 @@ impl AcceptLayer {
     /// concurrency and the rest on the returned [`Worker`], then call
     /// [`Worker::spawn`]; [`WorkerHandle::shutdown`] stops it gracefully.
     ///
-    /// The service may be the whole stack including this layer: requests
-    /// carrying a [`CommandId`] pass through it.
+    /// The service may include this layer (requests carrying a
+    /// [`CommandId`] pass through it), but not the signature check: a
+    /// stored command keeps the signature it arrived with, which the check
+    /// rejects as a replay. Pass the handlers.
     ///
     /// [`WorkerHandle::shutdown`]: crate::worker::WorkerHandle::shutdown
     pub fn worker<S, B>(&self, service: S) -> Worker

@@ -132,6 +132,8 @@ pub use self::layer::{
 pub use self::purge::spawn_purge_task;
 pub use self::storable::{IDEMPOTENT_REPLAYED, TOO_LARGE_TO_REPLAY};
 
+pub(crate) use self::fingerprint::fingerprint;
+pub(crate) use self::key::key_from_headers;
 pub(crate) use self::principal::{insert_principal, principal};
 pub(crate) use self::storable::owned_value;
 
