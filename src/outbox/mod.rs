@@ -54,7 +54,7 @@
 //!   retried independently.
 //! - Durability of the inline attempt: in optimistic mode nothing is stored
 //!   before the inline attempt, so a process that dies during it loses the
-//!   request (the caller has no answer yet and should treat it as not
+//!   request (the caller has no response yet and should treat it as not
 //!   sent). The inline attempt is also not counted against the
 //!   dispatcher's maximum attempts.
 //!

@@ -171,7 +171,19 @@ async fn store<ResBody>(
         .await
         .map_err(|error| OutboxError::new(OutboxErrorKind::Store, error))?;
 
-    tracing::debug!(message_id = %prepared.id, destination = %destination(&prepared.parts.uri), ?reason, "outbound request queued");
+    let destination = destination(&prepared.parts.uri);
+    match &reason {
+        QueuedReason::Background => {
+            tracing::debug!(message_id = %prepared.id, %destination, "outbound request queued");
+        }
+        QueuedReason::Transient { error, .. } => tracing::info!(
+            message_id = %prepared.id,
+            %destination,
+            attempt = 1,
+            error,
+            "inline attempt failed, outbound request queued"
+        ),
+    }
     Ok(Delivery::Queued(Queued {
         id: prepared.id,
         reason,

@@ -84,8 +84,9 @@ where
             method = %parts.method,
             uri = %parts.uri,
             attempt,
+            error = %describe(&outcome),
             delay_ms = delay.as_millis() as u64,
-            "retrying request"
+            "attempt failed, retrying request"
         );
         drop(outcome);
         tokio::time::sleep(delay).await;
@@ -201,6 +202,13 @@ fn next_delay(
         return None;
     }
     Some(delay)
+}
+
+fn describe<B>(outcome: &Attempt<B>) -> String {
+    match outcome {
+        Attempt::Response(response) => format!("receiver responded {}", response.status()),
+        Attempt::Error(error) => super::error_chain(error),
+    }
 }
 
 fn finish<B>(outcome: Attempt<B>) -> Result<Response<B>, RetryError> {
