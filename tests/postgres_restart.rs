@@ -3,9 +3,9 @@
 //! message reaches a loopback receiver exactly once.
 //!
 //! The trial restarts the machine's PostgreSQL cluster with
-//! `pg_ctlcluster`, which breaks every other session on the server, so it
+//! `pg_ctlcluster`, which breaks every other session on the server. So it
 //! runs only when `TOWER_COURIER_PG_RESTART=1` is set along with
-//! `TOWER_COURIER_POSTGRES_URL` and the `postgres` feature, and otherwise
+//! `TOWER_COURIER_POSTGRES_URL` and the `postgres` feature. Otherwise it
 //! is reported as ignored with the reason. Run it alone:
 //!
 //! ```text

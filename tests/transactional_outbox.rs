@@ -2,10 +2,10 @@
 //! caller's transaction is delivered if and only if the transaction
 //! commits, and never before the commit.
 //!
-//! The SQLite trials always run. The PostgreSQL trials run when the
-//! `postgres` feature is enabled and `TOWER_COURIER_POSTGRES_URL` names a
-//! database, each in a fresh schema; otherwise they are reported as
-//! ignored with the reason.
+//! The SQLite trials always run. The PostgreSQL trials run, each in a
+//! fresh schema, when the `postgres` feature is enabled and
+//! `TOWER_COURIER_POSTGRES_URL` names a database. Otherwise they are
+//! reported as ignored with the reason.
 
 mod common;
 mod support;

@@ -133,10 +133,10 @@ impl OutboxLayer {
     /// outbox](super#transactional-outbox), where the caller stores it
     /// with the store's `enqueue_in` inside its own database transaction.
     ///
-    /// The conversion is the layer's own: the body is buffered up to
-    /// [`body_limit`](Self::body_limit), the message gets a new id and,
+    /// The conversion is the layer's own. The body is buffered up to
+    /// [`body_limit`](Self::body_limit). The message gets a new id and,
     /// unless the request has one, an `Idempotency-Key` header with that
-    /// id, and it goes to this layer's [`queue`](Self::queue), due at once.
+    /// id. It goes to this layer's [`queue`](Self::queue), due at once.
     /// The layer's mode does not matter here.
     ///
     /// # Errors

@@ -109,12 +109,12 @@
 //!
 //! # Transactional outbox
 //!
-//! When a request must go out if and only if the caller's own database
-//! writes commit (an order row and its `order-created` event, say), store
-//! it in the caller's transaction instead of through the layer:
+//! Some requests must go out if and only if the caller's own database
+//! writes commit, such as an order row and its `order-created` event.
+//! Store those in the caller's transaction instead of through the layer.
 //! [`OutboxLayer::prepare`] converts the request exactly as the layer
-//! would (destination, `Idempotency-Key`, body limit, queue), and the
-//! store's `enqueue_in` inserts it on the transaction's connection. A
+//! would (destination, `Idempotency-Key`, body limit, queue). The store's
+//! `enqueue_in` then inserts it on the transaction's connection. A
 //! rollback leaves no message, and no dispatcher can claim the message
 //! before the commit.
 //!
@@ -124,7 +124,7 @@
 //!   [`SqliteStore::notify`](crate::store::sqlite::SqliteStore::notify)
 //!   with the queue to wake this process's dispatchers at once. Without
 //!   it they find the message at their next poll.
-//! - PostgreSQL ([`PostgresStore`](crate::store::postgres::PostgresStore)):
+//! - PostgreSQL (`PostgresStore`, feature `postgres`):
 //!   `enqueue_in` calls `pg_notify` in the transaction, which PostgreSQL
 //!   delivers at commit, so dispatchers in every process wake after the
 //!   commit. No call is needed afterwards.
