@@ -13,9 +13,8 @@ use tower::{Service, ServiceExt};
 use super::layer::{Mode, OutboxConfig};
 use super::{Delivery, OutboxError, OutboxErrorKind, Queued, QueuedReason};
 use crate::body::{CollectError, collect_limited};
-use crate::retry::{
-    AttemptTimedOut, Classification, IDEMPOTENCY_KEY, check_uri, error_chain, rebuild, retry_after,
-};
+use crate::idempotency::IDEMPOTENCY_KEY;
+use crate::retry::{AttemptTimedOut, Classification, check_uri, error_chain, rebuild, retry_after};
 use crate::store::NewMessage;
 use crate::{BoxError, MessageId};
 
