@@ -23,11 +23,6 @@ use tower_courier::store::{MessageQueue, QueueCounts};
 
 use common::{Received, Receiver, always, client};
 
-/// The poll interval of dispatchers that must be woken by a notification:
-/// far longer than any wait in these trials, so a delivery within them
-/// cannot come from polling.
-const LONG_POLL: Duration = Duration::from_secs(30);
-
 /// How long a delivery may take before a trial fails.
 const DELIVERY_WAIT: Duration = Duration::from_secs(10);
 
@@ -306,6 +301,11 @@ mod postgres {
     use crate::support::{run_id, server_url, trial, unique_name};
 
     const VARIABLE: &str = "TOWER_COURIER_POSTGRES_URL";
+
+    /// The poll interval of dispatchers that must be woken by a
+    /// notification: far longer than any wait in these trials, so a
+    /// delivery within them cannot come from polling.
+    const LONG_POLL: Duration = Duration::from_secs(30);
 
     pub(super) fn trials() -> Vec<Trial> {
         let url = server_url(VARIABLE);

@@ -58,9 +58,9 @@
 //!
 //! Enqueue, [`PostgresStore::enqueue_in`], reschedule, release and retry
 //! call `pg_notify` in the same transaction as the write, so the
-//! notification is sent on commit. Each
-//! store runs one listener task (`LISTEN` on a dedicated connection) that
-//! wakes the local subscribers of the named queue. When the listener's
+//! notification is sent on commit. Each store runs one listener task
+//! (`LISTEN` on a dedicated connection) that wakes the local subscribers
+//! of the named queue. When the listener's
 //! connection is lost it reconnects, logs a warning and wakes every
 //! subscribed queue, because notifications sent while it was away are
 //! lost; the dispatcher's fallback poll covers that gap.
