@@ -161,7 +161,7 @@ where
 pub fn problem<B>(status: StatusCode, detail: Option<&str>) -> Response<ResponseBody<B>> {
     // Written by hand to keep the member order of the protocol's examples:
     // type, title, status, then detail.
-    let title = status.canonical_reason().unwrap_or("Error");
+    let title = title(status);
     let mut body = format!(
         r#"{{"type":"about:blank","title":{},"status":{}"#,
         serde_json::Value::from(title),
@@ -178,6 +178,16 @@ pub fn problem<B>(status: StatusCode, detail: Option<&str>) -> Response<Response
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
     response
+}
+
+/// Returns the reason phrase of RFC 9110, which renamed two that the
+/// `http` crate still spells the RFC 7231 way.
+fn title(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "Content Too Large",
+        StatusCode::UNPROCESSABLE_ENTITY => "Unprocessable Content",
+        _ => status.canonical_reason().unwrap_or("Error"),
+    }
 }
 
 #[cfg(test)]
@@ -211,5 +221,15 @@ mod tests {
             bytes,
             r#"{"type":"about:blank","title":"Unauthorized","status":401}"#
         );
+    }
+
+    #[test]
+    fn titles_follow_rfc_9110() {
+        assert_eq!(title(StatusCode::PAYLOAD_TOO_LARGE), "Content Too Large");
+        assert_eq!(
+            title(StatusCode::UNPROCESSABLE_ENTITY),
+            "Unprocessable Content"
+        );
+        assert_eq!(title(StatusCode::CONFLICT), "Conflict");
     }
 }
