@@ -92,7 +92,8 @@ async fn main() -> Result<(), BoxError> {
     std::io::stdout().flush()?;
     eprintln!(
         "mode {:?}, store {}, fault seed {seed}",
-        options.mode, options.store
+        options.mode,
+        common::redacted(&options.store)
     );
 
     axum::serve(listener, receiver.router).await?;

@@ -106,9 +106,10 @@ struct Summary {
 async fn main() -> Result<(), BoxError> {
     let options = Options::parse();
     let keys = common::read_keys(&options.keys, options.kid.as_deref())?;
-    let store = Store::connect(&options.store)
-        .await
-        .map_err(|error| format!("cannot open store {}: {error}", options.store))?;
+    let store = Store::connect(&options.store).await.map_err(|error| {
+        let store = common::redacted(&options.store);
+        format!("cannot open store {store}: {error}")
+    })?;
     let queue = store.queue();
     let client = signed_client(keys);
     let timeout = Duration::from_millis(options.timeout_ms);

@@ -788,3 +788,45 @@ async fn keyed_retry_without_stored_202_names_same_command() {
     assert_ne!(accepted_id(&other), accepted_id(&first));
     assert_eq!(store.counts("commands").await.unwrap().pending, 2);
 }
+
+/// Sends a status request for `id` as `principal` straight to the status
+/// service, as the signature check in front of it would.
+async fn status_as(layer: &AcceptLayer, id: MessageId, principal: Option<&str>) -> StatusCode {
+    let mut request = Request::get(format!("/commands/status/{id}"))
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    if let Some(principal) = principal {
+        request.extensions_mut().insert(KeyId::new(principal));
+    }
+    layer
+        .status_service()
+        .oneshot(request)
+        .await
+        .unwrap()
+        .status()
+}
+
+#[tokio::test]
+async fn status_is_hidden_from_other_principals() {
+    let store = Arc::new(MemoryStore::new());
+    let layer = AcceptLayer::new(store.clone()).command(Method::POST, "/orders");
+    let mut message = NewMessage::new(
+        "commands",
+        "/orders",
+        Method::POST,
+        "/orders",
+        SystemTime::now(),
+    );
+    message
+        .metadata
+        .insert(PRINCIPAL_METADATA.to_owned(), "orders".to_owned());
+    let id = message.id;
+    store.enqueue(vec![message]).await.unwrap();
+
+    assert_eq!(status_as(&layer, id, Some("orders")).await, StatusCode::OK);
+    assert_eq!(
+        status_as(&layer, id, Some("billing")).await,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(status_as(&layer, id, None).await, StatusCode::NOT_FOUND);
+}

@@ -108,8 +108,9 @@ pub async fn open_store(url: &str) -> Result<(Store, Ledger), BoxError> {
         return Ok((Store::connect(url).await?, Ledger::memory()));
     }
     Err(format!(
-        "unsupported store {url:?} for the receiver: expected memory, sqlite:PATH, \
-         postgres://... (feature postgres) or redis://... (feature redis)"
+        "unsupported store {:?} for the receiver: expected memory, sqlite:PATH, \
+         postgres://... (feature postgres) or redis://... (feature redis)",
+        super::redacted(url)
     )
     .into())
 }
@@ -316,12 +317,10 @@ async fn read_command(
         .map(|key| key.trim_matches('"').to_owned())
         .ok_or((StatusCode::BAD_REQUEST, "missing Idempotency-Key"))?;
 
-    // The inbox records the sender's key rather than the command id. A
-    // worker may run one command twice after a crash, which either key
-    // absorbs. NOTE: a receiver killed after the accept layer stored a
-    // command, but before the idempotency layer stored its 202, queues the
-    // command again under a new id when the sender retries. Only the
-    // sender's key catches that second copy.
+    // The inbox records the sender's key, the identity that `/stats`
+    // counts, in sync and accept mode alike. In accept mode the command id
+    // would do as well: it is derived from that key, so a worker that runs
+    // one command twice after a crash repeats the same id.
     let inbox_key = format!("{principal} {idempotency_key}");
     let body = http_body_util::BodyExt::collect(request.into_body())
         .await

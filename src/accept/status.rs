@@ -42,7 +42,10 @@ pub type StatusResponse = Response<ResponseBody<Empty<Bytes>>>;
 /// | `response` | once finished with a response: `{"status": 201, "body": "..."}`, with `body_base64` in place of `body` when the body is not UTF-8 |
 ///
 /// Any id that names no command of this queue, well-formed or not, is
-/// `404 Not Found`. Methods other than GET and HEAD get
+/// `404 Not Found`. So is a command stored with a principal (the key id
+/// that signed it) when the status request was authenticated as another
+/// key id, or not at all: command ids derived from an `Idempotency-Key`
+/// are not secret, and the status shows the handler's response. Methods other than GET and HEAD get
 /// `405 Method Not Allowed`.
 #[derive(Clone)]
 pub struct CommandStatus {
@@ -81,6 +84,7 @@ impl<B> Service<Request<B>> for CommandStatus {
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let this = self.clone();
         let method = request.method().clone();
+        let principal = crate::idempotency::principal(request.extensions());
         let id = request
             .uri()
             .path()
@@ -90,7 +94,7 @@ impl<B> Service<Request<B>> for CommandStatus {
             .to_owned();
 
         StatusFuture {
-            inner: Box::pin(async move { Ok(this.respond(&method, &id).await) }),
+            inner: Box::pin(async move { Ok(this.respond(&method, &id, principal).await) }),
         }
     }
 }
@@ -115,7 +119,12 @@ impl fmt::Debug for StatusFuture {
 }
 
 impl CommandStatus {
-    async fn respond(&self, method: &Method, id: &str) -> StatusResponse {
+    async fn respond(
+        &self,
+        method: &Method,
+        id: &str,
+        principal: Option<String>,
+    ) -> StatusResponse {
         if *method != Method::GET && *method != Method::HEAD {
             let mut response = problem(StatusCode::METHOD_NOT_ALLOWED, None);
             response
@@ -128,7 +137,9 @@ impl CommandStatus {
             return not_found();
         };
         match self.queue.get(id).await {
-            Ok(Some(message)) if *message.queue == *self.queue_name => json_response(&message),
+            Ok(Some(message)) if self.visible(&message, principal.as_deref()) => {
+                json_response(&message)
+            }
             Ok(_) => not_found(),
             Err(error) => {
                 tracing::warn!(command_id = %id, error = %error, "failed to read a command's status");
@@ -138,6 +149,16 @@ impl CommandStatus {
                 )
             }
         }
+    }
+}
+
+impl CommandStatus {
+    /// Returns `true` if the command belongs to this queue and was stored
+    /// without a principal or with the requester's.
+    fn visible(&self, message: &Message, principal: Option<&str>) -> bool {
+        let owner = message.metadata.get(super::PRINCIPAL_METADATA);
+        *message.queue == *self.queue_name
+            && owner.is_none_or(|owner| Some(owner.as_str()) == principal)
     }
 }
 

@@ -16,7 +16,7 @@ use crate::clock::SharedClock;
 use crate::store::{
     ClaimOutcome, Claimed, FencingToken, Fingerprint, IdempotencyKey, IdempotencyRecord,
     IdempotencyStore, Lease, Message, MessageQueue, MessageState, NewMessage, Notifier, Outcome,
-    QueueCounts, ReplayStore, StoreError, StoredResponse, Subscription,
+    QueueCounts, ReplayStore, StoreError, StoreErrorKind, StoredResponse, Subscription,
 };
 
 /// Rows the writer connection's driver thread may queue before the
@@ -69,6 +69,14 @@ impl SqliteStore {
         options: SqliteOptions,
     ) -> Result<Self, StoreError> {
         let path = path.as_ref().to_owned();
+        // SQLite opens a private temporary database for an empty name, one
+        // per connection, which would look like a store and keep nothing.
+        if path.as_os_str().is_empty() {
+            return Err(StoreError::new(
+                StoreErrorKind::Invalid,
+                "sqlite store path is empty: name a database file",
+            ));
+        }
         let connect = connect_options(&path, &options);
         let cannot_open =
             |error| StoreError::unavailable(format!("cannot open sqlite database {path:?}"), error);

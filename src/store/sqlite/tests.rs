@@ -164,3 +164,10 @@ async fn drain(store: &SqliteStore, count: usize) {
         }
     }
 }
+
+#[tokio::test]
+async fn empty_path_is_invalid() {
+    let error = SqliteStore::open("").await.unwrap_err();
+
+    assert_eq!(error.kind(), crate::store::StoreErrorKind::Invalid);
+}
