@@ -103,11 +103,20 @@ fn message(addr: SocketAddr, stamp: bool) -> NewMessage {
     message
 }
 
+/// Returns the dispatcher concurrency: `CONCURRENCY`, or 256.
+fn concurrency() -> usize {
+    std::env::var("CONCURRENCY")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(256)
+}
+
 fn dispatcher(store: Arc<dyn MessageQueue>) -> Dispatcher {
+    let concurrency = concurrency();
     Dispatcher::new(store, client())
         .batch_size(256)
-        .concurrency(256)
-        .per_destination(256)
+        .concurrency(concurrency)
+        .per_destination(concurrency)
         .poll_interval(Duration::from_millis(100))
         .backoff(
             Backoff::default()

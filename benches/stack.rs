@@ -31,6 +31,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpListener;
 use tower::{Service, ServiceBuilder, ServiceExt};
+use tower_courier::auth::sign::Sign;
 use tower_courier::auth::{Key, KeyRing, SignLayer, VerifyLayer};
 use tower_courier::idempotency::{IdempotencyLayer, spawn_purge_task};
 use tower_courier::store::IdempotencyStore;
@@ -53,14 +54,14 @@ impl Settings {
         let quick = std::env::var("QUICK").is_ok_and(|value| value == "1");
         if quick {
             Self {
-                rounds: 11,
-                round_length: Duration::from_millis(400),
+                rounds: 21,
+                round_length: Duration::from_millis(200),
                 in_process_requests: 100_000,
             }
         } else {
             Self {
-                rounds: 31,
-                round_length: Duration::from_millis(600),
+                rounds: 61,
+                round_length: Duration::from_millis(200),
                 in_process_requests: 400_000,
             }
         }
@@ -91,7 +92,7 @@ async fn serve(router: Router) -> SocketAddr {
 ///
 /// Every request stores a record under a fresh key. A short retention with
 /// a purge every second keeps the store at a steady size, as a
-/// deployment's purge does; otherwise the run would mostly measure the
+/// deployment's purge does. Without it the run would mostly measure the
 /// allocator growing a map of millions of records.
 fn steady_store() -> Arc<dyn IdempotencyStore> {
     let store: Arc<dyn IdempotencyStore> =
@@ -123,14 +124,24 @@ async fn servers() -> Vec<(&'static str, SocketAddr)> {
     ]
 }
 
+/// A signing HTTP client whose pool keeps its connections between rounds.
+type Sender = Sign<Client<HttpConnector, Full<Bytes>>>;
+
+fn sender() -> Sender {
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    ServiceBuilder::new()
+        .layer(SignLayer::new(keys()))
+        .service(client)
+}
+
 /// Sends signed POSTs to `address` from `CONCURRENCY` tasks for `length`,
 /// and returns the number of `201` responses per second.
-async fn measure(address: SocketAddr, length: Duration, keys_sent: Arc<AtomicU64>) -> f64 {
-    let client: Client<HttpConnector, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build_http();
-    let sender = ServiceBuilder::new()
-        .layer(SignLayer::new(keys()))
-        .service(client);
+async fn measure(
+    sender: &Sender,
+    address: SocketAddr,
+    length: Duration,
+    keys_sent: Arc<AtomicU64>,
+) -> f64 {
     let deadline = Instant::now() + length;
     let start = Instant::now();
 
@@ -178,11 +189,18 @@ fn main() {
 
 async fn run(settings: Settings) {
     let servers = servers().await;
+    let senders: Vec<Sender> = servers.iter().map(|_| sender()).collect();
     let keys_sent = Arc::new(AtomicU64::new(0));
 
     // One short warm-up round per server: connections, allocator, caches.
-    for (_, address) in &servers {
-        measure(*address, Duration::from_millis(300), keys_sent.clone()).await;
+    for ((_, address), sender) in servers.iter().zip(&senders) {
+        measure(
+            sender,
+            *address,
+            Duration::from_millis(300),
+            keys_sent.clone(),
+        )
+        .await;
     }
 
     // Each round measures every server once, in an order that rotates, so
@@ -192,8 +210,9 @@ async fn run(settings: Settings) {
         let mut throughputs = vec![0.0; servers.len()];
         for offset in 0..servers.len() {
             let index = (round + offset) % servers.len();
-            let address = servers[index].1;
-            throughputs[index] = measure(address, settings.round_length, keys_sent.clone()).await;
+            let (address, sender) = (servers[index].1, &senders[index]);
+            let length = settings.round_length;
+            throughputs[index] = measure(sender, address, length, keys_sent.clone()).await;
         }
         rounds.push(throughputs);
     }

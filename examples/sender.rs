@@ -65,6 +65,7 @@ struct Options {
     #[arg(long)]
     keys: PathBuf,
     /// Key id that signs the requests; default: the first key of the file.
+    /// Every sender of one outbox store must use the same key id.
     #[arg(long)]
     kid: Option<String>,
     /// The outbox store: memory, sqlite:PATH, postgres://... or redis://...

@@ -378,7 +378,7 @@ fn fast_retries() -> Backoff {
         .max_attempts(5)
 }
 
-/// Serves a handler that answers each run with the next status of
+/// Serves a handler that responds to each run with the next status of
 /// `statuses` (the last one repeats), and counts its runs.
 fn scripted(
     store: Arc<MemoryStore>,
@@ -543,7 +543,8 @@ const CHILD_DIR: &str = "COURIER_ACCEPT_CHILD_DIR";
 /// The file the child writes once the handler committed its effect.
 const COMMITTED_MARKER: &str = "effect-committed";
 
-/// The handler's own database: the inbox table and one row per effect.
+/// Opens the handler's own database: the inbox table and one row per
+/// effect.
 async fn app_database(dir: &Path) -> SqlitePool {
     let options = SqliteConnectOptions::new()
         .filename(dir.join("app.db"))
@@ -595,8 +596,8 @@ fn inbox_handler(pool: SqlitePool, dir: PathBuf, hang_after_commit: bool) -> Rou
 
 const KILL_TEST_LEASE: Duration = Duration::from_millis(1500);
 
-/// The child side of `killed_worker_command_runs_again`: runs a worker
-/// until the parent kills the process.
+/// Runs a worker until the parent kills the process: the child side of
+/// `killed_worker_command_runs_again`.
 #[tokio::test]
 #[ignore = "child process of killed_worker_command_runs_again"]
 async fn killed_worker_child() {
@@ -753,4 +754,37 @@ async fn shutdown_lets_running_command_finish() {
 
     assert_eq!(body["status"], "succeeded");
     assert_eq!(body["response"]["body"], "finished");
+}
+
+/// A receiver that stored a command but died before the idempotency layer
+/// stored the `202` sees the sender's retry reach the accept layer again:
+/// the retry must name the first command, not queue a second one.
+#[tokio::test]
+async fn keyed_retry_without_stored_202_names_same_command() {
+    let store = Arc::new(MemoryStore::new());
+    let layer = AcceptLayer::new(store.clone()).command(Method::POST, "/orders");
+    let address = serve(app(&layer)).await;
+    let key = Some("order-7");
+
+    let first = send(
+        address,
+        loopback::post(address, "/orders", key, "{\"qty\":2}"),
+    )
+    .await;
+    let retry = send(
+        address,
+        loopback::post(address, "/orders", key, "{\"qty\":2}"),
+    )
+    .await;
+    let other = send(
+        address,
+        loopback::post(address, "/orders", key, "{\"qty\":3}"),
+    )
+    .await;
+
+    assert_eq!(first.status, StatusCode::ACCEPTED);
+    assert_eq!(retry.status, StatusCode::ACCEPTED);
+    assert_eq!(accepted_id(&retry), accepted_id(&first));
+    assert_ne!(accepted_id(&other), accepted_id(&first));
+    assert_eq!(store.counts("commands").await.unwrap().pending, 2);
 }

@@ -895,3 +895,16 @@ async fn retry_above_signing_sends_new_signature() {
     assert_eq!(server.layer.metrics().accepted(), 2);
     assert_eq!(server.layer.metrics().rejected(RejectReason::Replayed), 0);
 }
+
+#[test]
+fn documented_key_file_parses() {
+    let doc = include_str!("../docs/auth.md");
+    let section = &doc[doc.find("`KeyRing::read_key_file` reads").unwrap()..];
+    let start = section.find("```text\n").unwrap() + 8;
+    let length = section[start..].find("```").unwrap();
+
+    let ring = KeyRing::from_key_file(&section[start..start + length]).unwrap();
+
+    assert_eq!(ring.signing_key().kid(), "orders-2026-12");
+    assert!(ring.get("orders-2026-06").is_some());
+}

@@ -210,6 +210,30 @@ async fn restart_mid_backoff_keeps_key() {
     assert_eq!(second.metrics().delivered, 1);
 }
 
+#[tokio::test]
+async fn enqueue_wakes_idle_dispatcher() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_store(&dir).await;
+    let receiver = Receiver::start(always(200)).await;
+    let handle = dispatcher(store.clone())
+        .poll_interval(Duration::from_secs(60))
+        .spawn();
+    // The dispatcher's first claim finds nothing and it goes idle.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let enqueued = std::time::Instant::now();
+    let id = enqueue_one(&store, &receiver.url("")).await;
+    wait_for_state(&store, id, MessageState::Succeeded).await;
+    let waited = enqueued.elapsed();
+    handle.shutdown().await;
+
+    assert!(
+        waited < Duration::from_secs(5),
+        "delivered after {waited:?}"
+    );
+    assert_eq!(receiver.count(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_dispatchers_deliver_each_once() {
     let dir = tempfile::tempdir().unwrap();

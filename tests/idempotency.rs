@@ -525,14 +525,9 @@ async fn keys_are_scoped_by_path() {
     assert!(!refund.headers.contains_key("idempotent-replayed"));
 }
 
-#[tokio::test]
-async fn two_layers_sharing_sqlite_run_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn IdempotencyStore> = Arc::new(
-        SqliteStore::open(dir.path().join("courier.db"))
-            .await
-            .unwrap(),
-    );
+/// Sends 50 concurrent identical requests through two layer instances
+/// that share `store`, and checks that the handler ran once.
+async fn assert_two_layers_run_once(store: Arc<dyn IdempotencyStore>) {
     let runs = Runs::default();
     let delay = Duration::from_millis(200);
     let first_layer = IdempotencyLayer::required(store.clone());
@@ -562,13 +557,72 @@ async fn two_layers_sharing_sqlite_run_once() {
         .collect();
     assert_eq!(fresh.len(), 1);
     for reply in &replies {
-        let replayed = reply.headers.contains_key("idempotent-replayed");
         let allowed = reply.status == StatusCode::CONFLICT || reply.status == StatusCode::CREATED;
         assert!(allowed, "unexpected status {}", reply.status);
-        if replayed {
+        if reply.headers.contains_key("idempotent-replayed") {
             assert_eq!(reply.body, fresh[0].body);
         }
     }
+}
+
+#[tokio::test]
+async fn two_layers_sharing_sqlite_run_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("courier.db"))
+        .await
+        .unwrap();
+
+    assert_two_layers_run_once(Arc::new(store)).await;
+}
+
+/// Returns the database URL that CI sets, or the local server's.
+#[cfg(feature = "postgres")]
+fn postgres_url() -> String {
+    std::env::var("TOWER_COURIER_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// Returns a name unique to this test run, for a schema or a key prefix.
+#[cfg(any(feature = "postgres", feature = "redis"))]
+fn unique_name() -> String {
+    let id = tower_courier::MessageId::new()
+        .to_string()
+        .replace('-', "_");
+    format!("inbound_{id}")
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn two_layers_sharing_postgres_run_once() {
+    use tower_courier::store::postgres::{PostgresOptions, PostgresStore};
+
+    let schema = unique_name();
+    let options = PostgresOptions::new().schema(schema.clone());
+    let store = PostgresStore::connect_with(&postgres_url(), options)
+        .await
+        .unwrap();
+
+    assert_two_layers_run_once(Arc::new(store)).await;
+
+    let pool = sqlx::PgPool::connect(&postgres_url()).await.unwrap();
+    let drop_schema = format!("DROP SCHEMA {schema} CASCADE");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(drop_schema))
+        .execute(&pool)
+        .await
+        .unwrap();
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn two_layers_sharing_redis_run_once() {
+    use tower_courier::store::redis::{RedisOptions, RedisStore};
+
+    let url = std::env::var("TOWER_COURIER_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379/0".to_owned());
+    let options = RedisOptions::new().prefix(format!("{}:", unique_name()));
+    let store = RedisStore::connect_with(&url, options).await.unwrap();
+
+    assert_two_layers_run_once(Arc::new(store)).await;
 }
 
 #[tokio::test]

@@ -85,11 +85,15 @@ mod postgres {
     use super::*;
     use sqlx::postgres::PgPoolOptions;
 
-    const URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+    /// Returns the database URL that CI sets, or the local server's.
+    fn url() -> String {
+        std::env::var("TOWER_COURIER_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+    }
 
     #[tokio::test]
     async fn record_once_per_key_and_transaction() {
-        let pool = PgPoolOptions::new().connect(URL).await.unwrap();
+        let pool = PgPoolOptions::new().connect(&url()).await.unwrap();
         inbox::ensure_schema(&mut *pool.acquire().await.unwrap())
             .await
             .unwrap();
@@ -112,7 +116,7 @@ mod postgres {
     async fn concurrent_records_apply_once() {
         let pool = PgPoolOptions::new()
             .max_connections(8)
-            .connect(URL)
+            .connect(&url())
             .await
             .unwrap();
         inbox::ensure_schema(&mut *pool.acquire().await.unwrap())

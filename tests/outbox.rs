@@ -214,6 +214,22 @@ async fn unsupported_scheme_comes_back() {
 }
 
 #[tokio::test]
+async fn https_without_tls_comes_back() {
+    let store = memory_store();
+    let outbox = ServiceBuilder::new()
+        .layer(OutboxLayer::optimistic(store.clone()))
+        .service(client());
+
+    let error = outbox
+        .oneshot(post("https://127.0.0.1:9/x", "{}"))
+        .await
+        .unwrap_err();
+
+    assert_eq!(error.kind(), OutboxErrorKind::Client);
+    assert_eq!(store.counts("outbox").await.unwrap(), Default::default());
+}
+
+#[tokio::test]
 async fn success_stores_nothing() {
     let receiver = Receiver::start(always(200)).await;
     let store = memory_store();

@@ -20,5 +20,8 @@ fn main() {
     let trials = backend::trials();
     #[cfg(not(feature = "postgres"))]
     let trials = vec![support::feature_missing("postgres")];
-    libtest_mimic::run(&arguments, trials).exit();
+    let conclusion = libtest_mimic::run(&arguments, trials);
+    #[cfg(feature = "postgres")]
+    backend::clean_up();
+    conclusion.exit();
 }

@@ -20,5 +20,8 @@ fn main() {
     let trials = backend::trials();
     #[cfg(not(feature = "redis"))]
     let trials = vec![support::feature_missing("redis")];
-    libtest_mimic::run(&arguments, trials).exit();
+    let conclusion = libtest_mimic::run(&arguments, trials);
+    #[cfg(feature = "redis")]
+    backend::clean_up();
+    conclusion.exit();
 }

@@ -25,7 +25,9 @@ fn recipe() -> String {
 
 /// Returns the first bash block after the marker in `doc`.
 fn recipe_in(doc: &str) -> String {
-    let after_marker = &doc[doc.find(MARKER).expect("the document has the recipe marker")..];
+    let after_marker = &doc[doc
+        .find(MARKER)
+        .expect("the document has the recipe marker")..];
     let start = after_marker
         .find("```bash\n")
         .expect("a bash block follows the marker")

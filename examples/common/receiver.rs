@@ -193,7 +193,7 @@ pub fn public_routes(ledger: Ledger) -> Router {
 /// Turns a stack's errors into `500` responses, as axum routes require.
 /// The injected faults respond with statuses, so an error here is a
 /// fault of the stack itself.
-pub fn infallible<S, B>(service: S) -> HandleError<S, fn(S::Error) -> Ready<Response>, ()>
+pub fn infallible<S, B>(service: S) -> HandleError<S, ErrorToResponse<S::Error>, ()>
 where
     S: Service<Request<Body>, Response = http::Response<B>> + Clone + Send + Sync + 'static,
     S::Future: Send + 'static,
@@ -209,6 +209,9 @@ where
         ))
     })
 }
+
+/// The function that turns a stack error into a response.
+pub type ErrorToResponse<E> = fn(E) -> Ready<Response>;
 
 fn problem(status: StatusCode, detail: &str) -> Response {
     let body = serde_json::json!({

@@ -69,6 +69,11 @@ pub fn outbox(
 
 /// Starts a dispatcher that delivers the outbox's messages through
 /// `client`, with the examples' lease and backoff.
+///
+/// Every dispatcher of one outbox must sign with the same key id. The
+/// receiver scopes idempotency keys by the signing key id, so a message
+/// that one instance sent and another sends again after a crash, under
+/// another key id, is handled twice.
 pub fn spawn_dispatcher(
     store: Arc<dyn MessageQueue>,
     client: SignedClient,

@@ -10,8 +10,9 @@ use http_body::Body;
 use super::layer::Config;
 use super::route::CommandRoute;
 use crate::BoxError;
+use crate::MessageId;
 use crate::body::{CollectError, ResponseBody, collect_limited, problem};
-use crate::store::NewMessage;
+use crate::store::{IdempotencyKey, NewMessage};
 
 /// The metadata entry that keeps the authenticated key id of a command.
 pub const PRINCIPAL_METADATA: &str = "principal";
@@ -63,6 +64,8 @@ fn command_message(
         || "/".to_owned(),
         |path_and_query| path_and_query.to_string(),
     );
+    let principal = crate::idempotency::principal(&parts.extensions);
+    let id = command_id(&parts, principal.as_deref(), &body);
     let mut message = NewMessage::new(
         config.queue_name.clone(),
         route.pattern(),
@@ -71,9 +74,12 @@ fn command_message(
         config.clock.now(),
     );
 
+    // Copies, because parsed headers and bodies can be slices of the
+    // connection's read buffer, which a memory store would keep alive.
+    message.id = id;
     message.headers = end_to_end_headers(parts.headers);
-    message.body = body;
-    if let Some(principal) = crate::idempotency::principal(&parts.extensions) {
+    message.body = Bytes::copy_from_slice(&body);
+    if let Some(principal) = principal {
         message
             .metadata
             .insert(PRINCIPAL_METADATA.to_owned(), principal);
@@ -81,8 +87,37 @@ fn command_message(
     message
 }
 
+/// Returns the id of the command: derived from its idempotency identity
+/// and fingerprint when the request carries a valid `Idempotency-Key`,
+/// otherwise fresh.
+///
+/// The idempotency layer replays the stored `202` to retries, but a
+/// receiver that dies after storing the command and before storing the
+/// `202` leaves only an expired claim. The retry then reaches this layer
+/// again, and the derived id makes its enqueue a no-op that answers with
+/// the first command's id. The fingerprint is part of the seed, so a
+/// different request that reuses the key after the record's retention is
+/// a new command.
+fn command_id(parts: &http::request::Parts, principal: Option<&str>, body: &[u8]) -> MessageId {
+    let Ok(Some(key)) = crate::idempotency::key_from_headers(&parts.headers) else {
+        return MessageId::new();
+    };
+    let identity = IdempotencyKey {
+        principal: principal.map(str::to_owned),
+        method: parts.method.to_string(),
+        path: parts.uri.path().to_owned(),
+        key,
+    };
+    let fingerprint = crate::idempotency::fingerprint(parts, body);
+
+    let mut seed = identity.digest().into_bytes();
+    seed.extend_from_slice(&fingerprint.0);
+    MessageId::derived(&seed)
+}
+
 /// Drops the hop-by-hop fields, which describe the connection the command
-/// arrived on and mean nothing to the worker that runs it later.
+/// arrived on and mean nothing to the worker that runs it later, and
+/// copies the other values into allocations of their own.
 fn end_to_end_headers(mut headers: HeaderMap) -> HeaderMap {
     const HOP_BY_HOP: [HeaderName; 6] = [
         header::CONNECTION,
@@ -95,7 +130,12 @@ fn end_to_end_headers(mut headers: HeaderMap) -> HeaderMap {
     for name in HOP_BY_HOP {
         headers.remove(name);
     }
-    headers
+
+    let mut owned = HeaderMap::with_capacity(headers.len());
+    for (name, value) in &headers {
+        owned.append(name.clone(), crate::idempotency::owned_value(value));
+    }
+    owned
 }
 
 fn accepted<B>(status_prefix: &str, id: &str) -> Response<ResponseBody<B>> {

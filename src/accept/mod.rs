@@ -14,8 +14,8 @@
 //! {"id":"01936f4e-8a1b-7c2d-9e3f-0123456789ab","status":"accepted"}
 //! ```
 //!
-//! If the store fails the answer is `503 Service Unavailable` and nothing
-//! is queued. Other requests go to the inner service unchanged.
+//! If the store fails, the response is `503 Service Unavailable` and
+//! nothing is queued. Other requests go to the inner service unchanged.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -76,8 +76,15 @@
 //!
 //! With the idempotency layer in front, a retried command request gets the
 //! same `202` and command id replayed, and no second command is queued.
+//! A command that carries an `Idempotency-Key` also gets an id derived from
+//! the key, its principal and route, and the request's fingerprint, so a
+//! retry whose stored `202` was lost in a crash names the same command.
+//! Such ids are UUID version 8 and not time-ordered.
+//!
 //! Requests that carry a [`CommandId`] extension, as the worker's do, pass
-//! through to the inner service, so the worker may run the whole stack.
+//! through this layer to the inner service. Give the worker the handlers,
+//! not a stack with the signature check: a stored command keeps the
+//! signature it arrived with, which the check rejects as a replay.
 
 mod enqueue;
 mod layer;

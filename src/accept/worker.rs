@@ -43,15 +43,17 @@ impl AcceptLayer {
     /// It is the crate's shared [`Worker`], configured for commands: it
     /// claims from this layer's queue and store, rebuilds each request with
     /// [`command_request`], and marks a command failed (not dead) on a
-    /// permanent failure, because a handler's 4xx is the command's answer.
+    /// permanent failure, because a handler's 4xx is the command's result.
     /// A 2xx completes the command; a 5xx, 408, 409, 425, 429, a timeout
     /// or a panic is retried with backoff, and the command is dead once
     /// the backoff's attempts or age run out. Adjust the backoff, lease,
     /// concurrency and the rest on the returned [`Worker`], then call
     /// [`Worker::spawn`]; [`WorkerHandle::shutdown`] stops it gracefully.
     ///
-    /// The service may be the whole stack including this layer: requests
-    /// carrying a [`CommandId`] pass through it.
+    /// The service may include this layer (requests carrying a
+    /// [`CommandId`] pass through it), but not the signature check: a
+    /// stored command keeps the signature it arrived with, which the check
+    /// rejects as a replay. Pass the handlers.
     ///
     /// [`WorkerHandle::shutdown`]: crate::worker::WorkerHandle::shutdown
     pub fn worker<S, B>(&self, service: S) -> Worker

@@ -37,7 +37,7 @@ pub enum RejectReason {
 }
 
 impl RejectReason {
-    /// Every reason, in the order of the verification steps.
+    /// Every reason, in the order the checks run.
     pub const ALL: [Self; 9] = [
         Self::Missing,
         Self::Multiple,

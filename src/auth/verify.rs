@@ -269,16 +269,17 @@ where
     }
 }
 
-/// The outcome of steps 1 to 4: a well-formed header with a key valid now
-/// and a timestamp within the tolerance.
+/// The outcome of the header checks: a well-formed header with a key
+/// valid now and a timestamp within the tolerance.
 struct Checked {
     header: SignatureHeader,
     key: Arc<Key>,
     skew: i64,
 }
 
-/// Runs steps 1 to 4, which need only the headers.
-/// A rejection is already counted and logged when this returns.
+/// Checks that there is one header field, that it parses, that its key is
+/// valid now and that `ts` is within the tolerance. These checks need no
+/// body. A rejection is already counted and logged when this returns.
 fn check_header(config: &Config, headers: &HeaderMap) -> Result<Checked, RejectReason> {
     let mut fields = headers.get_all(HEADER_NAME).iter();
     let value = match (fields.next(), fields.next()) {
@@ -368,7 +369,7 @@ fn declared_length(headers: &HeaderMap) -> Option<usize> {
         .map(|length| usize::try_from(length).unwrap_or(usize::MAX))
 }
 
-/// Runs steps 5 to 8: reads the body, checks the signature and the replay
+/// Reads the body up to the limit, checks the signature and the replay
 /// guard, then calls the inner service.
 async fn verify_body<S, ReqBody, ResBody>(
     config: Arc<Config>,

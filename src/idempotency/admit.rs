@@ -107,10 +107,10 @@ where
 
 /// Claims the key, or builds the response when a record exists.
 ///
-/// In wait mode a request whose key is held by a running request of the
-/// same fingerprint claims again every 50 ms until the wait ends, so it
-/// either replays the stored response or runs the handler itself if the
-/// first request released its claim.
+/// In wait mode, a request whose key is held by a running request of the
+/// same fingerprint claims again every 50 ms until the wait ends. It then
+/// replays the stored response, or runs the handler itself if the first
+/// request released its claim.
 pub(crate) async fn admit<B>(
     config: &Arc<Config>,
     key: &IdempotencyKey,

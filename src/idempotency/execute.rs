@@ -119,10 +119,13 @@ where
 
     match read_bounded(body, limit).await {
         Ok(Bounded::Whole(bytes)) => {
+            // A copy, because the body can be a slice of a larger buffer
+            // (such as the request's read buffer) that the record would
+            // otherwise keep alive for its whole retention.
             let stored = StoredResponse {
                 status: parts.status,
                 headers: storable_headers(&parts.headers),
-                body: bytes.clone(),
+                body: Bytes::copy_from_slice(&bytes),
             };
             let response = Response::from_parts(parts, ResponseBody::full(bytes));
             Produced::Store { response, stored }

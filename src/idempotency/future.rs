@@ -82,7 +82,7 @@ where
         // that goes away drops this future, so the unfinished run moves to
         // a task and still stores its response.
         // NOTE: a future dropped while its claim call is in flight may
-        // leave a claim that nobody runs, and retries get 409 until its
+        // leave a claim that no request runs, and retries get 409 until its
         // lease ends.
         let State::Running(run) = std::mem::replace(&mut self.state, State::Finished) else {
             return;

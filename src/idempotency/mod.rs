@@ -62,7 +62,7 @@
 //! - 2xx and 4xx responses are stored, except 408, 409, 425 and 429. Those
 //!   and every 5xx release the claim, so a retry runs the handler again.
 //! - A response is stored before it is returned, so a retry that starts
-//!   after the first response arrived is replayed, never answered `409`.
+//!   after the first response arrived is replayed and never gets `409`.
 //! - Stored headers keep repeated fields and non-UTF-8 bytes. Hop-by-hop
 //!   fields, `Content-Length`, `Date` and `Set-Cookie` are not stored.
 //!   Trailers are not stored either.
@@ -132,7 +132,10 @@ pub use self::layer::{
 pub use self::purge::spawn_purge_task;
 pub use self::storable::{IDEMPOTENT_REPLAYED, TOO_LARGE_TO_REPLAY};
 
+pub(crate) use self::fingerprint::fingerprint;
+pub(crate) use self::key::key_from_headers;
 pub(crate) use self::principal::{insert_principal, principal};
+pub(crate) use self::storable::owned_value;
 
 /// Deduplicates requests by their `Idempotency-Key`.
 ///

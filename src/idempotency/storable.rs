@@ -31,8 +31,9 @@ pub(crate) fn is_storable(status: StatusCode) -> bool {
 /// named by `Connection`), `Content-Length`, `Date` and `Set-Cookie`.
 ///
 /// `Content-Length` is left to the server, which frames the replayed body
-/// itself. A cookie set for the first caller must not be handed to another client that
-/// retries with the same key, and a replayed `Date` would be stale.
+/// itself. A cookie set for the first caller must not be handed to another
+/// client that retries with the same key, and a replayed `Date` would be
+/// stale.
 pub(crate) fn storable_headers(headers: &HeaderMap) -> HeaderMap {
     let named_by_connection: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
@@ -45,10 +46,22 @@ pub(crate) fn storable_headers(headers: &HeaderMap) -> HeaderMap {
     let mut stored = HeaderMap::with_capacity(headers.len());
     for (name, value) in headers {
         if !is_excluded(name) && !named_by_connection.contains(name) {
-            stored.append(name.clone(), value.clone());
+            stored.append(name.clone(), owned_value(value));
         }
     }
     stored
+}
+
+/// Copies `value` into an allocation of its own.
+///
+/// A parsed header value can be a slice of a connection's whole read
+/// buffer, and a stored record that kept the slice would keep the buffer
+/// alive for the record's retention.
+pub(crate) fn owned_value(value: &HeaderValue) -> HeaderValue {
+    let mut owned = HeaderValue::from_maybe_shared(Bytes::copy_from_slice(value.as_bytes()))
+        .expect("bytes of a valid header value are valid");
+    owned.set_sensitive(value.is_sensitive());
+    owned
 }
 
 fn is_excluded(name: &HeaderName) -> bool {

@@ -2,12 +2,15 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::Request;
+use http_body::Body;
 use tower::Layer;
 
-use super::Outbox;
+use super::{Outbox, OutboxError};
+use crate::BoxError;
 use crate::clock::{self, SharedClock};
 use crate::retry::{Backoff, SharedSuccessSpec, StandardSuccess, SuccessSpec};
-use crate::store::MessageQueue;
+use crate::store::{MessageQueue, NewMessage};
 
 /// Whether the outbox tries a request inline before storing it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,6 +126,29 @@ impl OutboxLayer {
     pub fn clock(mut self, clock: SharedClock) -> Self {
         Arc::make_mut(&mut self.config).clock = clock;
         self
+    }
+
+    /// Converts `request` into the message this layer would store for it,
+    /// without storing or sending anything: for the [transactional
+    /// outbox](super#transactional-outbox), where the caller stores it
+    /// with the store's `enqueue_in` inside its own database transaction.
+    ///
+    /// The conversion is the layer's own. The body is buffered up to
+    /// [`body_limit`](Self::body_limit). The message gets a new id and,
+    /// unless the request has one, an `Idempotency-Key` header with that
+    /// id. It goes to this layer's [`queue`](Self::queue), due at once.
+    /// The layer's mode does not matter here.
+    ///
+    /// # Errors
+    ///
+    /// As the layer: a scheme other than `http` or `https`, no host, a body
+    /// over the limit, or a body that fails to read.
+    pub async fn prepare<B>(&self, request: Request<B>) -> Result<NewMessage, OutboxError>
+    where
+        B: Body,
+        B::Error: Into<BoxError>,
+    {
+        super::send::message_for(&self.config, request).await
     }
 }
 

@@ -54,7 +54,7 @@
 //!   retried independently.
 //! - Durability of the inline attempt: in optimistic mode nothing is stored
 //!   before the inline attempt, so a process that dies during it loses the
-//!   request (the caller has no answer yet and should treat it as not
+//!   request (the caller has no response yet and should treat it as not
 //!   sent). The inline attempt is also not counted against the
 //!   dispatcher's maximum attempts.
 //!
@@ -104,6 +104,67 @@
 //! let client = ServiceBuilder::new().layer(SignLayer::new(keys)).service(http_client);
 //! let dispatcher = Dispatcher::new(store, client).spawn();
 //! dispatcher.shutdown().await;
+//! # }
+//! ```
+//!
+//! # Transactional outbox
+//!
+//! Some requests must go out if and only if the caller's own database
+//! writes commit, such as an order row and its `order-created` event.
+//! Store those in the caller's transaction instead of through the layer.
+//! [`OutboxLayer::prepare`] converts the request exactly as the layer
+//! would (destination, `Idempotency-Key`, body limit, queue). The store's
+//! `enqueue_in` then inserts it on the transaction's connection. A
+//! rollback leaves no message, and no dispatcher can claim the message
+//! before the commit.
+//!
+//! - SQLite ([`SqliteStore`](crate::store::sqlite::SqliteStore)): begin the
+//!   transaction on [`SqliteStore::pool`](crate::store::sqlite::SqliteStore::pool)
+//!   with `BEGIN IMMEDIATE`, and after the commit call
+//!   [`SqliteStore::notify`](crate::store::sqlite::SqliteStore::notify)
+//!   with the queue to wake this process's dispatchers at once. Without
+//!   it they find the message at their next poll.
+//! - PostgreSQL (`PostgresStore`, feature `postgres`):
+//!   `enqueue_in` calls `pg_notify` in the transaction, which PostgreSQL
+//!   delivers at commit, so dispatchers in every process wake after the
+//!   commit. No call is needed afterwards.
+//!
+//! Prepare before beginning the transaction: buffering the body can wait
+//! on the network, and an open write transaction holds locks meanwhile.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # use std::sync::Arc;
+//! # use bytes::Bytes;
+//! # use http_body_util::Full;
+//! use tower_courier::outbox::OutboxLayer;
+//! use tower_courier::store::MessageQueue;
+//! use tower_courier::store::sqlite::SqliteStore;
+//!
+//! # let dir = tempfile::tempdir()?;
+//! let store = SqliteStore::open(dir.path().join("app.db")).await?;
+//! let outbox = OutboxLayer::background(Arc::new(store.clone()));
+//! sqlx::query("CREATE TABLE orders (id INTEGER PRIMARY KEY, item TEXT)")
+//!     .execute(store.pool())
+//!     .await?;
+//!
+//! let event = http::Request::post("http://127.0.0.1:9/order-created")
+//!     .body(Full::new(Bytes::from(r#"{"order":1}"#)))?;
+//! let message = outbox.prepare(event).await?;
+//! let queue = message.queue.clone();
+//!
+//! // The order and its event commit together, or neither does.
+//! let mut tx = store.pool().begin_with("BEGIN IMMEDIATE").await?;
+//! sqlx::query("INSERT INTO orders (id, item) VALUES (1, 'book')")
+//!     .execute(&mut *tx)
+//!     .await?;
+//! store.enqueue_in(&mut tx, &[message]).await?;
+//! tx.commit().await?;
+//! store.notify(&queue);
+//!
+//! assert_eq!(store.counts(&queue).await?.pending, 1);
+//! # Ok(())
 //! # }
 //! ```
 //!

@@ -13,9 +13,8 @@ use tower::{Service, ServiceExt};
 use super::layer::{Mode, OutboxConfig};
 use super::{Delivery, OutboxError, OutboxErrorKind, Queued, QueuedReason};
 use crate::body::{CollectError, collect_limited};
-use crate::retry::{
-    AttemptTimedOut, Classification, IDEMPOTENCY_KEY, check_uri, error_chain, rebuild, retry_after,
-};
+use crate::idempotency::IDEMPOTENCY_KEY;
+use crate::retry::{AttemptTimedOut, Classification, check_uri, error_chain, rebuild, retry_after};
 use crate::store::NewMessage;
 use crate::{BoxError, MessageId};
 
@@ -46,6 +45,20 @@ where
         }
         Mode::Optimistic => try_inline(&config, inner, prepared).await,
     }
+}
+
+/// Converts `request` into the message the layer would store for it, due
+/// now, for the caller to store in its own transaction.
+pub(crate) async fn message_for<ReqBody>(
+    config: &OutboxConfig,
+    request: Request<ReqBody>,
+) -> Result<NewMessage, OutboxError>
+where
+    ReqBody: Body,
+    ReqBody::Error: Into<BoxError>,
+{
+    let prepared = prepare(config, request).await?;
+    Ok(new_message(config, &prepared, config.clock.now()))
 }
 
 async fn prepare<ReqBody>(
@@ -157,7 +170,19 @@ async fn store<ResBody>(
         .await
         .map_err(|error| OutboxError::new(OutboxErrorKind::Store, error))?;
 
-    tracing::debug!(message_id = %prepared.id, destination = %destination(&prepared.parts.uri), ?reason, "outbound request queued");
+    let destination = destination(&prepared.parts.uri);
+    match &reason {
+        QueuedReason::Background => {
+            tracing::debug!(message_id = %prepared.id, %destination, "outbound request queued");
+        }
+        QueuedReason::Transient { error, .. } => tracing::info!(
+            message_id = %prepared.id,
+            %destination,
+            attempt = 1,
+            error,
+            "inline attempt failed, outbound request queued"
+        ),
+    }
     Ok(Delivery::Queued(Queued {
         id: prepared.id,
         reason,

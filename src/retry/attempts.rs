@@ -12,9 +12,6 @@ use super::{AttemptTimedOut, Classification, RetryError, RetryErrorKind, check_u
 use crate::BoxError;
 use crate::body::{CollectError, collect_limited};
 
-/// The `Idempotency-Key` request header.
-pub(crate) const IDEMPOTENCY_KEY: &str = "idempotency-key";
-
 /// Rebuilds a request from the parts of a buffered one, so that every
 /// attempt sends the same method, URI, headers, extensions and body bytes.
 pub(crate) fn rebuild(parts: &http::request::Parts, body: &Bytes) -> Request<Full<Bytes>> {
@@ -56,7 +53,10 @@ where
 {
     let started = Instant::now();
     let (parts, body) = buffer(&config, request).await?;
-    let retryable = is_idempotent(&parts.method) || parts.headers.contains_key(IDEMPOTENCY_KEY);
+    let retryable = is_idempotent(&parts.method)
+        || parts
+            .headers
+            .contains_key(crate::idempotency::IDEMPOTENCY_KEY);
     config.budget.deposit();
 
     let mut attempt: u32 = 0;
@@ -84,8 +84,9 @@ where
             method = %parts.method,
             uri = %parts.uri,
             attempt,
+            error = %describe(&outcome),
             delay_ms = delay.as_millis() as u64,
-            "retrying request"
+            "attempt failed, retrying request"
         );
         drop(outcome);
         tokio::time::sleep(delay).await;
@@ -201,6 +202,13 @@ fn next_delay(
         return None;
     }
     Some(delay)
+}
+
+fn describe<B>(outcome: &Attempt<B>) -> String {
+    match outcome {
+        Attempt::Response(response) => format!("receiver responded {}", response.status()),
+        Attempt::Error(error) => super::error_chain(error),
+    }
 }
 
 fn finish<B>(outcome: Attempt<B>) -> Result<Response<B>, RetryError> {

@@ -96,8 +96,9 @@ pub fn classify_status(status: StatusCode) -> Classification {
 ///
 /// - Permanent: an invalid request found by this crate, such as an
 ///   unsupported URL scheme. Also an `http` crate error (invalid URI, header
-///   or method), and a hyper client error that reports a misuse of the
-///   client, such as a URI without an authority.
+///   or method). Also a hyper client error that reports a misuse of the
+///   client, such as a URI without an authority. Also a URL that hyper's
+///   `HttpConnector` rejects, such as `https` on a connector without TLS.
 /// - Transient: everything else, including connection errors, timeouts and
 ///   connections closed mid-response, because a later attempt may succeed
 ///   and a message that never succeeds ends as a dead letter anyway.
@@ -125,11 +126,15 @@ fn is_permanent_error(error: &(dyn StdError + 'static)) -> bool {
     }
 
     // NOTE: hyper-util 0.1 exposes only `is_connect()` on its legacy client
-    // error, so misuse of the client is recognised by its Display text,
-    // `client error (User...)`. Requests are checked with `check_uri`
-    // before they are sent, so this only catches what that check misses.
-    error.is::<hyper_util::client::legacy::Error>()
-        && error.to_string().starts_with("client error (User")
+    // error and keeps its connector's error type private. So two cases are
+    // recognised by their Display text: misuse of the client starts with
+    // `client error (User`, and a URL that `HttpConnector` rejects starts
+    // with `invalid URL, `. `check_uri` runs before a request is sent, so
+    // this only catches what that check cannot know.
+    let text = error.to_string();
+    let client_misuse =
+        error.is::<hyper_util::client::legacy::Error>() && text.starts_with("client error (User");
+    client_misuse || text.starts_with("invalid URL, ")
 }
 
 /// Checks that `uri` can be sent by an HTTP client: absolute, with an

@@ -92,7 +92,7 @@ pub use future::ResponseFuture;
 pub use layer::RetryLayer;
 pub use retry_after::retry_after;
 
-pub(crate) use attempts::{IDEMPOTENCY_KEY, rebuild};
+pub(crate) use attempts::rebuild;
 pub(crate) use error::error_chain;
 
 use crate::BoxError;

@@ -53,9 +53,9 @@
 //! # Logs and metrics
 //!
 //! Every attempt runs in a `courier.attempt` span with the queue, message
-//! id, destination and attempt number. Retries are logged at `info`, dead
-//! letters and lost leases at `warn`. [`WorkerHandle::metrics`] returns the
-//! counters.
+//! id, destination and attempt number. Retries and lease takeovers are
+//! logged at `info`, dead letters and lost leases at `warn`.
+//! [`WorkerHandle::metrics`] returns the counters.
 //!
 //! # Example
 //!

@@ -170,6 +170,7 @@ async fn process(
         attempt = message.attempts,
     );
     context.counters.in_flight.fetch_add(1, Ordering::Relaxed);
+    log_takeover(&claimed);
 
     let work = async {
         let _permit = match destination_limit {
@@ -201,6 +202,23 @@ async fn process(
     .instrument(span)
     .await;
     context.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Logs a claim that takes over a message whose earlier claim ended
+/// without recording a result, which only a lease expiry allows.
+fn log_takeover(claimed: &Claimed) {
+    let message = &claimed.message;
+    // NOTE: a takeover after an earlier attempt recorded its error is not
+    // recognised, because the store keeps no trace of which claim wrote
+    // `last_error`. The worker that lost the lease logs its side.
+    if message.attempts > 1 && message.last_error.is_none() {
+        tracing::info!(
+            message_id = %message.id,
+            destination = %message.destination,
+            attempt = message.attempts,
+            "taking over a message whose earlier lease expired without a result"
+        );
+    }
 }
 
 async fn send(context: &Context, service: AttemptService, claimed: &Claimed) -> Verdict {

@@ -9,10 +9,10 @@ use libtest_mimic::Trial;
 use sqlx::Row;
 use tower_courier::store::conformance::Suite;
 use tower_courier::store::postgres::{PostgresOptions, PostgresStore};
-use tower_courier::store::{MessageQueue, Store, StoreErrorKind};
+use tower_courier::store::{MessageQueue, MessageState, Store, StoreErrorKind};
 
 use crate::scenarios::*;
-use crate::support::{capture_warnings, server_url, trial, unique_name};
+use crate::support::{capture_warnings, run_id, server_url, trial, unique_name};
 
 const VARIABLE: &str = "TOWER_COURIER_POSTGRES_URL";
 
@@ -59,6 +59,7 @@ pub(crate) fn trials() -> Vec<Trial> {
             bad_enqueue_fails_alone,
         ),
         autovacuum_warning_logged(url),
+        trial("pg_purge_spans_batches", url, VARIABLE, purge_spans_batches),
         trial(
             "pg_concurrent_migrations",
             url,
@@ -101,7 +102,7 @@ fn conformance(url: Option<String>) -> Vec<Trial> {
         .store(move || {
             let url = url.clone();
             async move {
-                let options = PostgresOptions::new().schema(unique_name("c_"));
+                let options = PostgresOptions::new().schema(schema_name());
                 Ok(Store::new(
                     PostgresStore::connect_with(&url, options).await?,
                 ))
@@ -135,13 +136,42 @@ async fn drop_schema(pool: &sqlx::PgPool, schema: &str) {
         .unwrap();
 }
 
+/// Returns a fresh schema name that starts with this run's prefix.
+fn schema_name() -> String {
+    unique_name(&format!("t_{}_", run_id()))
+}
+
+/// Drops every schema this run created, including those of the
+/// conformance suite, which has no teardown of its own.
+pub(crate) fn clean_up() {
+    let Some(url) = server_url(VARIABLE) else {
+        return;
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime must start");
+    runtime.block_on(async {
+        let Ok(pool) = sqlx::PgPool::connect(&url).await else {
+            return;
+        };
+        let pattern = format!("t\\_{}\\_%", run_id());
+        let schemas: Vec<String> =
+            sqlx::query_scalar("SELECT nspname::text FROM pg_namespace WHERE nspname LIKE $1")
+                .bind(pattern)
+                .fetch_all(&pool)
+                .await
+                .unwrap_or_default();
+        for schema in schemas {
+            drop_schema(&pool, &schema).await;
+        }
+    });
+}
+
 /// Opens a store in a fresh schema.
 async fn open(url: &str) -> PostgresStore {
     open_with(url, PostgresOptions::new()).await
 }
 
 async fn open_with(url: &str, options: PostgresOptions) -> PostgresStore {
-    let options = options.schema(unique_name("t_"));
+    let options = options.schema(schema_name());
     PostgresStore::connect_with(url, options)
         .await
         .expect("the test database must accept connections")
@@ -185,8 +215,21 @@ async fn bad_enqueue_fails_alone(url: String) {
     }
 }
 
+async fn purge_spans_batches(url: String) {
+    let store = open(&url).await;
+    // More than one purge statement deletes (10,000), so the loop must run.
+    let messages: Vec<_> = (0..10_050).map(|_| message("bulk")).collect();
+    store.enqueue(messages).await.unwrap();
+
+    let later = std::time::SystemTime::now() + Duration::from_secs(3_600);
+    let purged = store.purge("bulk", MessageState::Pending, later).await;
+
+    assert_eq!(purged.unwrap(), 10_050);
+    assert_eq!(store.counts("bulk").await.unwrap().pending, 0);
+}
+
 async fn concurrent_migrations(url: String) {
-    let schema = unique_name("t_");
+    let schema = schema_name();
     let connect = |schema: String| {
         let url = url.clone();
         tokio::spawn(async move {
@@ -273,7 +316,7 @@ async fn wait_for_listener(store: &PostgresStore) -> i32 {
 }
 
 async fn wait_for_new_listener(store: &PostgresStore, old_pid: i32) -> i32 {
-    let name = format!("tower-courier listener {}", store.schema());
+    let name = format!("courier-listen {}", store.schema());
     for _ in 0..100 {
         let row = sqlx::query(
             "SELECT pid FROM pg_stat_activity \

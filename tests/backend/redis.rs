@@ -9,10 +9,10 @@ use std::time::Duration;
 use libtest_mimic::Trial;
 use tower_courier::store::conformance::Suite;
 use tower_courier::store::redis::{RedisOptions, RedisStore};
-use tower_courier::store::{MessageQueue, Store, StoreErrorKind};
+use tower_courier::store::{MessageQueue, MessageState, Store, StoreErrorKind};
 
 use crate::scenarios::*;
-use crate::support::{capture_warnings, server_url, trial, unique_name};
+use crate::support::{capture_warnings, run_id, server_url, trial, unique_name};
 
 const VARIABLE: &str = "TOWER_COURIER_REDIS_URL";
 
@@ -62,6 +62,12 @@ pub(crate) fn trials() -> Vec<Trial> {
         ),
         durability_warnings_logged(url),
         trial(
+            "redis_purge_spans_batches",
+            url,
+            VARIABLE,
+            purge_spans_batches,
+        ),
+        trial(
             "redis_empty_prefix_rejected",
             url,
             VARIABLE,
@@ -104,11 +110,26 @@ where
     })
 }
 
-/// Opens a store with a fresh key prefix, under `TOWER_COURIER_REDIS_PREFIX`
-/// when set (as CI sets it, to delete a run's keys afterwards).
-async fn open(url: &str) -> RedisStore {
+/// Returns the key prefix of this run: `TOWER_COURIER_REDIS_PREFIX` (CI
+/// sets it, to delete a run's keys afterwards) or `test:`, then the run id.
+fn run_prefix() -> String {
     let root = std::env::var("TOWER_COURIER_REDIS_PREFIX").unwrap_or_else(|_| "test:".into());
-    let options = RedisOptions::new().prefix(format!("{}:", unique_name(&root)));
+    format!("{root}{}:", run_id())
+}
+
+/// Deletes every key this run created, including those of the
+/// conformance suite, which has no teardown of its own.
+pub(crate) fn clean_up() {
+    let Some(url) = server_url(VARIABLE) else {
+        return;
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime must start");
+    runtime.block_on(delete_keys(&url, &run_prefix()));
+}
+
+/// Opens a store with a fresh key prefix under this run's prefix.
+async fn open(url: &str) -> RedisStore {
+    let options = RedisOptions::new().prefix(format!("{}:", unique_name(&run_prefix())));
     RedisStore::connect_with(url, options)
         .await
         .expect("the test redis server must accept connections")
@@ -117,17 +138,28 @@ async fn open(url: &str) -> RedisStore {
 /// Deletes every key under `prefix`, so passing trials leave nothing.
 async fn delete_keys(url: &str, prefix: &str) {
     let mut admin = connection(url).await;
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}*"))
-        .query_async(&mut admin)
-        .await
-        .unwrap();
-    if !keys.is_empty() {
-        let _: i64 = redis::cmd("DEL")
-            .arg(keys)
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}*"))
+            .arg("COUNT")
+            .arg(1000)
             .query_async(&mut admin)
             .await
             .unwrap();
+        if !keys.is_empty() {
+            let _: i64 = redis::cmd("UNLINK")
+                .arg(keys)
+                .query_async(&mut admin)
+                .await
+                .unwrap();
+        }
+        if next == 0 {
+            return;
+        }
+        cursor = next;
     }
 }
 
@@ -234,6 +266,25 @@ async fn wait_for_subscribers(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("{channel} did not reach {count} subscribers within 10 s");
+}
+
+async fn purge_spans_batches(url: String) {
+    let store = open(&url).await;
+    // More than one purge script deletes (1,000), so the loop must run.
+    let messages: Vec<_> = (0..2_050).map(|_| message("bulk")).collect();
+    store.enqueue(messages).await.unwrap();
+
+    let later = std::time::SystemTime::now() + Duration::from_secs(3_600);
+    let purged = store.purge("bulk", MessageState::Pending, later).await;
+
+    assert_eq!(purged.unwrap(), 2_050);
+    assert_eq!(store.counts("bulk").await.unwrap().pending, 0);
+    let claimed = store.claim("bulk", 10, Duration::from_secs(30)).await;
+    assert!(
+        claimed.unwrap().is_empty(),
+        "purged ids left in the due set"
+    );
+    delete_keys(&url, store.prefix()).await;
 }
 
 async fn empty_prefix_rejected(url: String) {

@@ -107,7 +107,13 @@ impl Process {
     }
 
     /// Waits for a successful exit and returns the last line of stdout.
-    pub fn finish(mut self) -> String {
+    pub fn finish(self) -> String {
+        let output = self.finish_with_output();
+        output.lines().last().unwrap_or_default().to_owned()
+    }
+
+    /// Waits for a successful exit and returns the rest of stdout.
+    pub fn finish_with_output(mut self) -> String {
         let mut rest = String::new();
         self.stdout
             .read_to_string(&mut rest)
@@ -127,8 +133,8 @@ impl Process {
             );
             std::thread::sleep(Duration::from_millis(50));
         };
-        assert!(status.success(), "the process failed: {status}");
-        rest.lines().last().unwrap_or_default().to_owned()
+        assert!(status.success(), "the process failed: {status}\n{rest}");
+        rest
     }
 }
 

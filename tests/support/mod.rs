@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use libtest_mimic::{Completion, Trial};
@@ -42,17 +42,34 @@ where
 /// that keeps warnings, and returns its output and the warnings' messages,
 /// or the panic message if `task` panicked.
 ///
-/// Call it before any trial starts: tracing caches per call site whether
-/// any subscriber wants its events, and a trial that hits a call site
-/// while another thread is installing a scoped subscriber can leave it
-/// cached as disabled, so a capture next to running trials misses events.
+/// Call it before any trial starts. Tracing caches per call site whether
+/// any subscriber wants its events. A trial that hits a call site while
+/// another thread installs a scoped subscriber can leave it cached as
+/// disabled, so a capture next to running trials misses events.
 pub fn capture_warnings<T>(task: impl Future<Output = T>) -> Result<(T, Vec<String>), String> {
-    let warnings = Arc::new(Mutex::new(Vec::new()));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("a tokio runtime must start");
+    capture_on(runtime, task)
+}
+
+/// Runs `task` as [`capture_warnings`] does, but on a single-threaded
+/// runtime, so that the warnings of every task it spawns are kept too.
+pub fn capture_all_warnings<T>(task: impl Future<Output = T>) -> Result<(T, Vec<String>), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime must start");
+    capture_on(runtime, task)
+}
+
+fn capture_on<T>(
+    runtime: tokio::runtime::Runtime,
+    task: impl Future<Output = T>,
+) -> Result<(T, Vec<String>), String> {
+    let warnings = Arc::new(Mutex::new(Vec::new()));
     let output = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let _guard = tracing::subscriber::set_default(WarnCapture(warnings.clone()));
         runtime.block_on(task)
@@ -73,6 +90,16 @@ pub fn feature_missing(feature: &str) -> Trial {
     );
     Trial::ignorable_test(format!("{feature}_backend"), move || {
         Ok(Completion::ignored_with(reason))
+    })
+}
+
+/// Returns 8 hex digits that differ between runs of a test target, for
+/// naming and then deleting everything one run created.
+pub fn run_id() -> &'static str {
+    static RUN_ID: OnceLock<String> = OnceLock::new();
+    RUN_ID.get_or_init(|| {
+        let id = tower_courier::MessageId::new().to_string().replace('-', "");
+        id[id.len() - 8..].to_owned()
     })
 }
 

@@ -14,8 +14,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Returns the `application_name` of the listener's connection, which
 /// identifies its backend in `pg_stat_activity` for operators and tests.
+/// It fits PostgreSQL's 63-byte limit with the longest schema name (48).
 pub(super) fn application_name(schema: &str) -> String {
-    format!("tower-courier listener {schema}")
+    format!("courier-listen {schema}")
 }
 
 /// Listens until the store is dropped, which aborts this task.

@@ -56,10 +56,11 @@
 //!
 //! # Wake-ups
 //!
-//! Enqueue, reschedule, release and retry call `pg_notify` in the same
-//! transaction as the write, so the notification is sent on commit. Each
-//! store runs one listener task (`LISTEN` on a dedicated connection) that
-//! wakes the local subscribers of the named queue. When the listener's
+//! Enqueue, [`PostgresStore::enqueue_in`], reschedule, release and retry
+//! call `pg_notify` in the same transaction as the write, so the
+//! notification is sent on commit. Each store runs one listener task
+//! (`LISTEN` on a dedicated connection) that wakes the local subscribers
+//! of the named queue. When the listener's
 //! connection is lost it reconnects, logs a warning and wakes every
 //! subscribed queue, because notifications sent while it was away are
 //! lost; the dispatcher's fallback poll covers that gap.
@@ -73,25 +74,28 @@
 //!
 //! # Table growth
 //!
-//! Finished messages stay until [`MessageQueue::purge`] deletes them;
-//! expired idempotency records until [`IdempotencyStore::purge_expired`];
-//! expired replay nonces are deleted by the store itself, at most once a
-//! minute, during inserts. Every claim and every state change writes a new
-//! row version, so a busy queue leaves many dead tuples behind. The messages
-//! table is created with `fillfactor = 90` and with autovacuum thresholds
-//! far lower than PostgreSQL's defaults (vacuum after 1% of the table or
-//! 1,000 rows changed, analyze after 2%), so autovacuum keeps up with
-//! churn instead of waiting for 20% of a large table to die. Operators can
-//! change these settings with `ALTER TABLE`; the store never resets them.
-//! None of this happens on a server with `autovacuum = off`, where the
-//! table grows until someone runs `VACUUM`: the store logs a warning at
-//! connect when it finds autovacuum off.
+//! Finished messages stay until [`MessageQueue::purge`] deletes them, and
+//! expired idempotency records until [`IdempotencyStore::purge_expired`].
+//! The store deletes expired replay nonces itself, at most once a minute,
+//! during inserts. Every claim and every state change writes a new row
+//! version, and most change the indexed `state` column, so they cannot be
+//! heap-only updates: a busy queue leaves about three dead row versions per
+//! message. The messages table is therefore created with autovacuum
+//! thresholds far below PostgreSQL's defaults: vacuum after 1,000 dead rows
+//! plus 1% of the table (the default is 50 plus 20%), analyze after 2%
+//! changed. Its `fillfactor = 90` leaves room on each page for the updates
+//! that can stay on their page. Operators can change these settings with
+//! `ALTER TABLE`; the store never resets them. None of this helps on a
+//! server with `autovacuum = off`, where the table grows until someone runs
+//! `VACUUM`, so the store logs a warning at connect when it finds
+//! autovacuum off.
 //!
 //! # Not promised
 //!
 //! - The store needs PostgreSQL 13 or later.
-//! - A write that times out on the client may still commit on the server;
-//!   an enqueue of the same message id again is a safe way to find out.
+//! - A write that times out on the client may still commit on the server.
+//!   To find out, enqueue the same message id again, which is safe because
+//!   existing ids are skipped.
 //! - A `LISTEN` connection in a connection pooler such as PgBouncer in
 //!   transaction mode does not receive notifications; connect the store
 //!   to the database directly.
@@ -109,16 +113,16 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 #[cfg(doc)]
-use crate::store::{IdempotencyStore, MessageQueue, NewMessage, ReplayStore};
-use crate::store::{Notifier, StoreError, StoreErrorKind};
+use crate::store::{IdempotencyStore, MessageQueue, ReplayStore};
+use crate::store::{NewMessage, Notifier, StoreError, StoreErrorKind};
 
 use self::sql::Sql;
-use self::writer::EnqueueRequest;
+use self::writer::{EncodedMessage, EnqueueRequest};
 
 /// Options for [`PostgresStore::connect_with`].
 #[derive(Debug, Clone)]
@@ -271,8 +275,12 @@ impl PostgresStore {
     /// Connects to the database at `url` with `options`, and creates or
     /// migrates the schema they name.
     ///
-    /// Must be called within a Tokio runtime, which runs the listener and
-    /// the group-commit writer.
+    /// The listener and the group-commit writer run as tasks on the Tokio
+    /// runtime of the caller.
+    ///
+    /// # Panics
+    ///
+    /// Panics when called outside a Tokio runtime.
     ///
     /// # Errors
     ///
@@ -330,6 +338,40 @@ impl PostgresStore {
     /// Returns the schema that contains the store's tables.
     pub fn schema(&self) -> &str {
         &self.shared.schema
+    }
+
+    /// Stores `messages` on `connection`, inside the caller's transaction,
+    /// with the same rules as [`MessageQueue::enqueue`]: returns, for each
+    /// message, `true` if it was stored and `false` if its id exists.
+    ///
+    /// The messages become visible to claims, and durable, when the caller
+    /// commits; a rollback leaves nothing. The statement calls `pg_notify`,
+    /// which PostgreSQL delivers only at commit, so dispatchers in every
+    /// process wake after the commit and never before. Nothing else is
+    /// needed after the commit, unlike the SQLite store's `enqueue_in`.
+    ///
+    /// The group-commit writer is not used: the rows go into the caller's
+    /// transaction as one statement.
+    ///
+    /// # Errors
+    ///
+    /// Fails as invalid for text PostgreSQL cannot store (NUL characters)
+    /// and as unavailable when the statement fails. After an error the
+    /// transaction is aborted and the caller must roll it back.
+    pub async fn enqueue_in(
+        &self,
+        connection: &mut PgConnection,
+        messages: &[NewMessage],
+    ) -> Result<Vec<bool>, StoreError> {
+        if messages.is_empty() {
+            return Ok(Vec::new());
+        }
+        let encoded = messages
+            .iter()
+            .cloned()
+            .map(EncodedMessage::new)
+            .collect::<Result<Vec<_>, _>>()?;
+        writer::insert_on(&self.shared.sql, connection, &encoded).await
     }
 }
 

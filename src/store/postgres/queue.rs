@@ -17,6 +17,9 @@ use crate::store::{
     StoreError, Subscription,
 };
 
+/// The maximum number of rows one purge statement deletes.
+const PURGE_BATCH: i64 = 10_000;
+
 #[async_trait]
 impl MessageQueue for PostgresStore {
     async fn enqueue(&self, messages: Vec<NewMessage>) -> Result<Vec<bool>, StoreError> {
@@ -213,14 +216,21 @@ impl MessageQueue for PostgresStore {
         if state == MessageState::InFlight {
             return Ok(0);
         }
-        let result = query(&self.shared.sql.purge)
-            .bind(queue)
-            .bind(state.as_str())
-            .bind(to_micros(older_than))
-            .execute(&self.shared.pool)
-            .await
-            .map_err(|error| query_failed("purge messages", error))?;
-        Ok(result.rows_affected())
+        let mut total = 0;
+        loop {
+            let result = query(&self.shared.sql.purge)
+                .bind(queue)
+                .bind(state.as_str())
+                .bind(to_micros(older_than))
+                .bind(PURGE_BATCH)
+                .execute(&self.shared.pool)
+                .await
+                .map_err(|error| query_failed("purge messages", error))?;
+            total += result.rows_affected();
+            if result.rows_affected() < PURGE_BATCH as u64 {
+                return Ok(total);
+            }
+        }
     }
 
     fn subscribe(&self, queue: &str) -> Subscription {

@@ -171,8 +171,12 @@ impl Sql {
                    WHERE id = $2::uuid AND state IN ('dead', 'failed') RETURNING queue) \
                  SELECT queue, pg_notify($1, queue)::text FROM u"
             )),
+            // Deletes at most `$4` rows, so that a large purge runs as
+            // several short transactions instead of one long one.
             purge: text(format!(
-                "DELETE FROM {s}.messages WHERE queue = $1 AND state = $2 AND updated_at < {}",
+                "DELETE FROM {s}.messages WHERE id IN ( \
+                   SELECT id FROM {s}.messages \
+                   WHERE queue = $1 AND state = $2 AND updated_at < {} LIMIT $4)",
                 from_micros!("$3"),
             )),
             idem_claim: text(format!(

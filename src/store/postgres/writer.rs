@@ -11,10 +11,11 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use sqlx::Row;
+use sqlx::postgres::PgExecutor;
 use tokio::sync::{mpsc, oneshot};
 
 use super::row::to_micros;
-use super::sql::query;
+use super::sql::{Sql, query};
 use super::{Shared, invalid, query_failed};
 use crate::store::{NewMessage, StoreError, encode_headers};
 
@@ -93,7 +94,7 @@ pub(super) async fn run(shared: Arc<Shared>, mut receiver: mpsc::Receiver<Enqueu
 /// Writes `batch` in one transaction, and sends every caller its result.
 async fn write_batch(shared: &Shared, batch: Vec<EnqueueRequest>) {
     let all: Vec<&EncodedMessage> = batch.iter().flat_map(|request| &request.messages).collect();
-    match insert(shared, &all).await {
+    match insert(&shared.sql, &shared.pool, &all).await {
         Ok(inserted) => {
             // Shared by the whole batch, so that of two callers that enqueue
             // one id in the same batch, only the first gets `true`.
@@ -129,17 +130,29 @@ pub(super) async fn insert_alone(
     shared: &Shared,
     messages: &[EncodedMessage],
 ) -> Result<Vec<bool>, StoreError> {
-    let all: Vec<&EncodedMessage> = messages.iter().collect();
-    let inserted = insert(shared, &all).await?;
-    let answer = mark_inserted(messages, &inserted, &mut HashSet::new());
+    let answer = insert_on(&shared.sql, &shared.pool, messages).await?;
     notify_local(shared, messages, &answer);
     Ok(answer)
 }
 
-/// Runs one insert statement, which commits on its own and notifies
-/// listeners on commit, and returns the ids it inserted.
-async fn insert(
-    shared: &Shared,
+/// Inserts `messages` with `executor` and returns, for each message,
+/// whether it was inserted. Local subscribers are not woken: the caller
+/// does that after the commit.
+pub(super) async fn insert_on<'e>(
+    sql: &Sql,
+    executor: impl PgExecutor<'e>,
+    messages: &[EncodedMessage],
+) -> Result<Vec<bool>, StoreError> {
+    let all: Vec<&EncodedMessage> = messages.iter().collect();
+    let inserted = insert(sql, executor, &all).await?;
+    Ok(mark_inserted(messages, &inserted, &mut HashSet::new()))
+}
+
+/// Runs one insert statement, which notifies listeners when its
+/// transaction commits, and returns the ids it inserted.
+async fn insert<'e>(
+    sql: &Sql,
+    executor: impl PgExecutor<'e>,
     messages: &[&EncodedMessage],
 ) -> Result<HashSet<String>, StoreError> {
     let column = |field: fn(&EncodedMessage) -> String| -> Vec<String> {
@@ -156,8 +169,8 @@ async fn insert(
         .map(|message| message.available_us)
         .collect();
 
-    let rows = query(&shared.sql.insert)
-        .bind(&shared.sql.channel)
+    let rows = query(&sql.insert)
+        .bind(&sql.channel)
         .bind(column(|m| m.id.clone()))
         .bind(column(|m| m.queue.clone()))
         .bind(column(|m| m.destination.clone()))
@@ -167,7 +180,7 @@ async fn insert(
         .bind(bytes(|m| &m.body))
         .bind(column(|m| m.metadata.clone()))
         .bind(available)
-        .fetch_all(&shared.pool)
+        .fetch_all(executor)
         .await
         .map_err(|error| query_failed("enqueue messages", error))?;
 

@@ -45,8 +45,8 @@
 //!
 //! Redis acknowledges a write before it reaches the disk unless configured
 //! otherwise. For a queue that must not lose messages, run Redis with
-//! `appendonly yes` and `appendfsync always` (or `everysec`, which can lose
-//! the last second of writes on a crash of the machine), and with
+//! `appendonly yes` and `appendfsync always`. With `appendfsync everysec`,
+//! a crash of the machine can lose the last second of writes. Also set
 //! `maxmemory-policy noeviction`, because any other policy lets Redis
 //! delete messages and idempotency records under memory pressure. At
 //! connect the store reads these settings with `CONFIG GET` and logs a
@@ -123,8 +123,8 @@ impl RedisOptions {
     /// with [`StoreErrorKind::Unavailable`]. Default: 10 seconds.
     ///
     /// A script that timed out on the client may still complete on the
-    /// server; an enqueue of the same message ids again is a safe way to
-    /// find out.
+    /// server. To find out, enqueue the same message ids again, which is
+    /// safe because existing ids are skipped.
     pub fn response_timeout(mut self, timeout: Duration) -> Self {
         self.response_timeout = timeout;
         self
@@ -190,7 +190,11 @@ impl RedisStore {
 
     /// Connects to the Redis server at `url` with `options`.
     ///
-    /// Must be called within a Tokio runtime, which runs the subscriber.
+    /// The subscriber runs as a task on the Tokio runtime of the caller.
+    ///
+    /// # Panics
+    ///
+    /// Panics when called outside a Tokio runtime.
     ///
     /// # Errors
     ///
