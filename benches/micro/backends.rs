@@ -94,6 +94,8 @@ impl Backend {
 /// measured in this run, saying why.
 pub(crate) fn available() -> (Vec<Backend>, Vec<String>) {
     let directory = tempfile::tempdir().expect("temporary directory");
+    // Only the PostgreSQL and Redis backends are pushed later.
+    #[cfg_attr(not(any(feature = "postgres", feature = "redis")), allow(unused_mut))]
     let mut backends = vec![
         Backend::new("memory", Kind::Memory),
         Backend::new("sqlite", Kind::Sqlite(directory)),

@@ -94,13 +94,17 @@ fn configure(criterion: Criterion, quick: bool) -> Criterion {
     }
 }
 
+/// One backoff computation for an attempt number.
+type Compute = fn(&Backoff, u32) -> Duration;
+
 struct Bench<'a> {
     runtime: &'a Runtime,
     recorder: &'a Recorder,
 }
 
 impl Bench<'_> {
-    /// One iteration is one claim and complete by each client.
+    /// Benchmarks idempotency claim and complete. One iteration is one claim
+    /// and complete by each client.
     fn idempotency(&self, criterion: &mut Criterion, backends: &[Backend]) {
         let mut group = store_group(criterion, "idempotency");
         let next_key = &Arc::new(AtomicU64::new(0));
@@ -124,7 +128,7 @@ impl Bench<'_> {
         group.finish();
     }
 
-    /// One iteration is one enqueue by each producer.
+    /// Benchmarks enqueue. One iteration is one enqueue by each producer.
     fn enqueue(&self, criterion: &mut Criterion, backends: &[Backend]) {
         let mut group = store_group(criterion, "enqueue");
         for backend in backends {
@@ -147,8 +151,8 @@ impl Bench<'_> {
         group.finish();
     }
 
-    /// One iteration is one full claim and its completes by each of the
-    /// four workers.
+    /// Benchmarks claim and complete. One iteration is one full claim and
+    /// its completes by each of the four workers.
     fn claim_complete(&self, criterion: &mut Criterion, backends: &[Backend]) {
         const WORKERS: usize = 4;
         let per_iteration = (WORKERS * workloads::CLAIM_SIZE) as u64;
@@ -178,7 +182,7 @@ impl Bench<'_> {
     fn backoff(&self, criterion: &mut Criterion) {
         let mut group = criterion.benchmark_group("backoff");
         let backoff = Backoff::default();
-        let cases: [(&str, fn(&Backoff, u32) -> Duration); 3] = [
+        let cases: [(&str, Compute); 3] = [
             ("ceiling", |backoff, attempt| backoff.ceiling(attempt)),
             ("delay", |backoff, attempt| backoff.delay(attempt)),
             ("delay_after_retry_after", |backoff, attempt| {
