@@ -1,6 +1,15 @@
 //! Outbound delivery throughput and latency, and the inline retry layer's
 //! overhead, against a minimal loopback receiver.
 //!
+//! Runs on the memory and SQLite stores, and on PostgreSQL when built with
+//! the `postgres` feature and `TOWER_COURIER_POSTGRES_URL` is set (each run
+//! in a fresh schema that is dropped afterwards):
+//!
+//! ```text
+//! TOWER_COURIER_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test \
+//!     cargo bench --features postgres --bench delivery
+//! ```
+//!
 //! Prints `name: value unit` lines. `QUICK=1` runs smaller counts.
 
 use std::convert::Infallible;
@@ -307,6 +316,74 @@ fn selected(name: &str) -> bool {
     filter.is_none_or(|filter| name.contains(&filter))
 }
 
+/// Opens PostgreSQL stores in fresh schemas, and drops them at the end.
+#[cfg(feature = "postgres")]
+struct Postgres {
+    url: String,
+    schemas: Vec<String>,
+}
+
+#[cfg(feature = "postgres")]
+impl Postgres {
+    async fn store(&mut self) -> Arc<dyn MessageQueue> {
+        use tower_courier::store::postgres::{PostgresOptions, PostgresStore};
+
+        let unique = tower_courier::MessageId::new().to_string().replace('-', "");
+        let schema = format!("bench_delivery_{unique}");
+        self.schemas.push(schema.clone());
+        let options = PostgresOptions::new().schema(schema);
+        let store = PostgresStore::connect_with(&self.url, options).await;
+        Arc::new(store.expect("connect to TOWER_COURIER_POSTGRES_URL"))
+    }
+
+    async fn drop_schemas(self) {
+        let pool = sqlx::PgPool::connect(&self.url).await.unwrap();
+        for schema in self.schemas {
+            let sql = format!("DROP SCHEMA IF EXISTS {schema} CASCADE");
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+    }
+}
+
+/// Runs every section on PostgreSQL, or prints why it does not.
+async fn postgres_sections(count: usize, latency_count: usize, gap: Duration) {
+    let url = std::env::var("TOWER_COURIER_POSTGRES_URL").ok();
+    #[cfg(feature = "postgres")]
+    if let Some(url) = url {
+        let mut postgres = Postgres {
+            url,
+            schemas: Vec::new(),
+        };
+        if selected("delivery_postgres") {
+            drain_rate("delivery_postgres", postgres.store().await, count).await;
+            let store = postgres.store().await;
+            latency("delivery_postgres", store, latency_count, gap).await;
+        }
+        if selected("recovery_postgres") {
+            let store = postgres.store().await;
+            recovery("recovery_postgres", store, count / 2, RECEIVER_DOWN).await;
+        }
+        postgres.drop_schemas().await;
+        return;
+    }
+
+    let reason = match (cfg!(feature = "postgres"), url.is_some()) {
+        (true, _) => "TOWER_COURIER_POSTGRES_URL is not set",
+        (false, true) => "the postgres feature is not enabled",
+        (false, false) => {
+            "the postgres feature is not enabled and TOWER_COURIER_POSTGRES_URL is not set"
+        }
+    };
+    let _ = (count, latency_count, gap);
+    println!("delivery_postgres: not run ({reason})");
+}
+
+/// How long the receiver stays down in the recovery sections.
+const RECEIVER_DOWN: Duration = Duration::from_secs(2);
+
 #[tokio::main]
 async fn main() {
     epoch();
@@ -343,10 +420,15 @@ async fn main() {
         let store = sqlite_store(&dir, "latency.db").await;
         latency("delivery_sqlite", store, latency_count, gap).await;
     }
+    if selected("recovery_memory") {
+        let store = Arc::new(MemoryStore::new());
+        recovery("recovery_memory", store, count / 2, RECEIVER_DOWN).await;
+    }
     if selected("recovery_sqlite") {
         let store = sqlite_store(&dir, "recovery.db").await;
-        recovery("recovery_sqlite", store, count / 2, Duration::from_secs(2)).await;
+        recovery("recovery_sqlite", store, count / 2, RECEIVER_DOWN).await;
     }
+    postgres_sections(count, latency_count, gap).await;
     if selected("ratio_retry_layer") {
         retry_overhead(requests, rounds).await;
     }

@@ -1,13 +1,17 @@
 //! Throughput of a signed POST through the inbound layers, against the
 //! same handler without them, in one run.
 //!
-//! Four servers on loopback run the same axum handler: bare, behind the
+//! Five servers on loopback run the same axum handler: bare, behind the
 //! signature check, behind the signature check and the idempotency layer
-//! (memory store, a fresh key per request), and behind the idempotency
-//! layer alone. One client signs every request and sends a fresh
+//! (a fresh key per request) on the memory store and on the SQLite store
+//! (`synchronous=FULL`, so every claim and completion is on disk before
+//! the response), and behind the idempotency layer alone on the memory
+//! store. One client signs every request and sends a fresh
 //! `Idempotency-Key` to all of them, so the client costs the same for
 //! each. The variants run in rotating rounds, which spreads the noise of a
-//! shared machine over all of them.
+//! shared machine over all of them. Each variant prints its median
+//! throughput, its latency percentiles over every request of every round,
+//! and the median of its per-round ratios to the bare server.
 //!
 //! A last section calls the handler in process, without sockets, bare and
 //! through the idempotency layer, and prints the layer's added time per
@@ -36,6 +40,7 @@ use tower_courier::auth::{Key, KeyRing, SignLayer, VerifyLayer};
 use tower_courier::idempotency::{IdempotencyLayer, spawn_purge_task};
 use tower_courier::store::IdempotencyStore;
 use tower_courier::store::memory::MemoryStore;
+use tower_courier::store::sqlite::SqliteStore;
 
 /// Requests in flight at once, each on its own keep-alive connection.
 const CONCURRENCY: usize = 32;
@@ -101,16 +106,32 @@ fn steady_store() -> Arc<dyn IdempotencyStore> {
     store
 }
 
-async fn servers() -> Vec<(&'static str, SocketAddr)> {
-    let bare = serve(handler_router()).await;
-    let auth = serve(handler_router().layer(VerifyLayer::new(keys()))).await;
+/// Returns a SQLite store in `directory`, purged every second like
+/// [`steady_store`].
+async fn sqlite_store(directory: &tempfile::TempDir) -> Arc<dyn IdempotencyStore> {
+    let store = SqliteStore::open(directory.path().join("stack.db"))
+        .await
+        .expect("open the SQLite store");
+    let store: Arc<dyn IdempotencyStore> = Arc::new(store);
+    spawn_purge_task(store.clone(), Duration::from_secs(1));
+    store
+}
 
-    let store = steady_store();
+/// Serves the handler behind the signature check and the idempotency
+/// layer on `store`.
+async fn serve_full(store: Arc<dyn IdempotencyStore>) -> SocketAddr {
     let idempotency = IdempotencyLayer::required(store).retention(RETENTION);
     let full = handler_router()
         .layer(idempotency)
         .layer(VerifyLayer::new(keys()));
-    let full = serve(full).await;
+    serve(full).await
+}
+
+async fn servers(directory: &tempfile::TempDir) -> Vec<(&'static str, SocketAddr)> {
+    let bare = serve(handler_router()).await;
+    let auth = serve(handler_router().layer(VerifyLayer::new(keys()))).await;
+    let full_memory = serve_full(steady_store()).await;
+    let full_sqlite = serve_full(sqlite_store(directory).await).await;
 
     let idempotency_only =
         handler_router().layer(IdempotencyLayer::required(steady_store()).retention(RETENTION));
@@ -119,7 +140,8 @@ async fn servers() -> Vec<(&'static str, SocketAddr)> {
     vec![
         ("bare", bare),
         ("auth", auth),
-        ("auth_idempotency", full),
+        ("auth_idempotency_memory", full_memory),
+        ("auth_idempotency_sqlite", full_sqlite),
         ("idempotency", idempotency_only),
     ]
 }
@@ -134,14 +156,23 @@ fn sender() -> Sender {
         .service(client)
 }
 
+/// What one round against one server measured.
+struct Round {
+    /// `201` responses per second.
+    throughput: f64,
+    /// The time from sending each request to its whole response, in
+    /// microseconds.
+    latencies_us: Vec<u32>,
+}
+
 /// Sends signed POSTs to `address` from `CONCURRENCY` tasks for `length`,
-/// and returns the number of `201` responses per second.
+/// each task waiting for a response before it sends again.
 async fn measure(
     sender: &Sender,
     address: SocketAddr,
     length: Duration,
     keys_sent: Arc<AtomicU64>,
-) -> f64 {
+) -> Round {
     let deadline = Instant::now() + length;
     let start = Instant::now();
 
@@ -149,7 +180,7 @@ async fn measure(
         .map(|_| {
             let (mut sender, keys_sent) = (sender.clone(), keys_sent.clone());
             tokio::spawn(async move {
-                let mut created = 0_u64;
+                let mut latencies_us = Vec::new();
                 while Instant::now() < deadline {
                     let key = keys_sent.fetch_add(1, Ordering::Relaxed);
                     let request = Request::post(format!("http://{address}/orders"))
@@ -159,24 +190,29 @@ async fn measure(
                             b"{\"item\":\"book\",\"qty\":1}",
                         )))
                         .expect("valid request");
+                    let sent = Instant::now();
                     let ready = ServiceExt::<Request<Full<Bytes>>>::ready(&mut sender).await;
                     let response = ready.expect("client ready").call(request).await;
                     let response = response.expect("loopback request succeeds");
                     let status = response.status();
                     response.into_body().collect().await.expect("body arrives");
+                    let latency = sent.elapsed().as_micros();
                     assert_eq!(status, StatusCode::CREATED, "unexpected status");
-                    created += 1;
+                    latencies_us.push(u32::try_from(latency).unwrap_or(u32::MAX));
                 }
-                created
+                latencies_us
             })
         })
         .collect();
 
-    let mut created = 0;
+    let mut latencies_us = Vec::new();
     for task in tasks {
-        created += task.await.expect("client task runs");
+        latencies_us.extend(task.await.expect("client task runs"));
     }
-    created as f64 / start.elapsed().as_secs_f64()
+    Round {
+        throughput: latencies_us.len() as f64 / start.elapsed().as_secs_f64(),
+        latencies_us,
+    }
 }
 
 fn main() {
@@ -188,7 +224,8 @@ fn main() {
 }
 
 async fn run(settings: Settings) {
-    let servers = servers().await;
+    let directory = tempfile::tempdir().expect("temporary directory");
+    let servers = servers(&directory).await;
     let senders: Vec<Sender> = servers.iter().map(|_| sender()).collect();
     let keys_sent = Arc::new(AtomicU64::new(0));
 
@@ -206,18 +243,22 @@ async fn run(settings: Settings) {
     // Each round measures every server once, in an order that rotates, so
     // that a change in the machine's background load hits all of them.
     let mut rounds = Vec::with_capacity(settings.rounds);
+    let mut latencies_us = vec![Vec::new(); servers.len()];
     for round in 0..settings.rounds {
         let mut throughputs = vec![0.0; servers.len()];
         for offset in 0..servers.len() {
             let index = (round + offset) % servers.len();
             let (address, sender) = (servers[index].1, &senders[index]);
             let length = settings.round_length;
-            throughputs[index] = measure(sender, address, length, keys_sent.clone()).await;
+            let measured = measure(sender, address, length, keys_sent.clone()).await;
+            throughputs[index] = measured.throughput;
+            latencies_us[index].extend(measured.latencies_us);
         }
         rounds.push(throughputs);
     }
 
     report(&servers, &rounds, &settings);
+    report_latencies(&servers, latencies_us);
     in_process_overhead(settings.in_process_requests).await;
 }
 
@@ -305,6 +346,20 @@ fn report(servers: &[(&'static str, SocketAddr)], rounds: &[Vec<f64>], settings:
         settings.round_length.as_secs_f64()
     );
     println!("retention: {} s", RETENTION.as_secs());
+}
+
+/// Prints the 50th and 99th percentile latency of each server, over every
+/// request of every round.
+fn report_latencies(servers: &[(&'static str, SocketAddr)], latencies_us: Vec<Vec<u32>>) {
+    for ((name, _), mut latencies) in servers.iter().zip(latencies_us) {
+        latencies.sort_unstable();
+        let at = |share: f64| {
+            let index = ((latencies.len() - 1) as f64 * share).round() as usize;
+            f64::from(latencies[index]) / 1000.0
+        };
+        println!("{name}_p50: {:.3} ms", at(0.50));
+        println!("{name}_p99: {:.3} ms", at(0.99));
+    }
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
