@@ -186,7 +186,8 @@ mod redis_server {
             .expect("connect to TOWER_COURIER_REDIS_URL")
     }
 
-    /// Deletes every key under the prefixes of `names`.
+    /// Deletes every key under the prefixes of `names`, a page of `SCAN`
+    /// at a time so that no single command blocks the server for long.
     pub(super) async fn delete_keys(url: &str, names: &[String]) {
         let client = redis::Client::open(url).expect("valid TOWER_COURIER_REDIS_URL");
         let mut connection = client
@@ -194,17 +195,28 @@ mod redis_server {
             .await
             .expect("connect to TOWER_COURIER_REDIS_URL");
         for name in names {
-            let keys: Vec<String> = redis::cmd("KEYS")
-                .arg(format!("{}*", prefix(name)))
-                .query_async(&mut connection)
-                .await
-                .expect("list benchmark keys");
-            for chunk in keys.chunks(1_000) {
-                let _: i64 = redis::cmd("DEL")
-                    .arg(chunk)
+            let mut cursor = 0_u64;
+            loop {
+                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(format!("{}*", prefix(name)))
+                    .arg("COUNT")
+                    .arg(1_000)
                     .query_async(&mut connection)
                     .await
-                    .expect("delete benchmark keys");
+                    .expect("list benchmark keys");
+                if !keys.is_empty() {
+                    let _: i64 = redis::cmd("UNLINK")
+                        .arg(keys)
+                        .query_async(&mut connection)
+                        .await
+                        .expect("delete benchmark keys");
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
             }
         }
     }

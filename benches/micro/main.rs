@@ -67,15 +67,15 @@ fn main() {
     bench.claim_complete(&mut criterion, &backends);
     bench.backoff(&mut criterion);
 
-    for backend in &backends {
-        runtime.block_on(backend.clean_up());
-    }
     criterion.final_summary();
-
     println!();
     recorder.print();
     for line in skipped {
         println!("{line}");
+    }
+
+    for backend in &backends {
+        runtime.block_on(backend.clean_up());
     }
 }
 
