@@ -87,13 +87,13 @@ pub struct CompletedRecord {
     pub expires_at: SystemTime,
 }
 
-/// What [`IdempotencyStore::claim`] found.
+/// The result of [`IdempotencyStore::claim`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClaimOutcome {
     /// No live record existed (none at all, an expired lease or an expired
     /// completed record); the caller now holds the claim.
     Claimed(FencingToken),
-    /// Another request holds a live claim.
+    /// A live claim of another request exists.
     InProgress {
         /// The fingerprint of the request holding the claim.
         fingerprint: Fingerprint,
@@ -128,7 +128,7 @@ pub enum IdempotencyRecord {
 /// - A claim whose lease expired, and a completed record past its
 ///   retention, count as absent.
 /// - Writes that take a token are applied only while the token is the
-///   record's current one and the record is still a claim; otherwise they
+///   record's current one and the record is still a claim. Otherwise they
 ///   fail with [`StoreErrorKind::LeaseLost`](super::StoreErrorKind::LeaseLost).
 #[async_trait]
 pub trait IdempotencyStore: Send + Sync + fmt::Debug + 'static {
@@ -173,7 +173,7 @@ pub(crate) fn hex_lower(bytes: &[u8]) -> String {
 
     let mut text = String::with_capacity(bytes.len() * 2);
     for byte in bytes {
-        // Writing to a String cannot fail.
+        // `fmt::Write` for `String` never returns an error.
         let _ = write!(text, "{byte:02x}");
     }
     text

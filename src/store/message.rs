@@ -24,8 +24,8 @@ pub struct NewMessage {
     pub id: MessageId,
     /// The queue the message belongs to, such as `outbox` or `commands`.
     pub queue: String,
-    /// Where the message goes: a base URL (`http://orders.internal:8080`)
-    /// or a route name. The dispatcher limits concurrency per destination.
+    /// The destination: a base URL (`http://orders.internal:8080`) or a
+    /// route name. The dispatcher limits concurrency per destination.
     pub destination: String,
     /// The request method.
     pub method: Method,
@@ -83,7 +83,7 @@ impl fmt::Debug for NewMessage {
     }
 }
 
-/// Where a stored message is in its life.
+/// The stage of a stored message's life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum MessageState {
     /// Waiting for its `available_at`, or due and not claimed.
@@ -166,7 +166,7 @@ pub struct Message {
     pub id: MessageId,
     /// The queue the message belongs to.
     pub queue: String,
-    /// Where the message goes.
+    /// The destination: a base URL or a route name.
     pub destination: String,
     /// The request method.
     pub method: Method,
@@ -178,7 +178,7 @@ pub struct Message {
     pub body: Bytes,
     /// Free-form text pairs stored with the message.
     pub metadata: Metadata,
-    /// Where the message is in its life.
+    /// The stage of the message's life.
     pub state: MessageState,
     /// How many times the message was claimed for delivery, counting the
     /// claim that returned it. A released claim does not count.
@@ -293,8 +293,8 @@ impl QueueCounts {
 /// # Contract
 ///
 /// - Every method that takes a [`Lease`] is applied only if the lease's
-///   token is the message's current token and the message is `InFlight`;
-///   otherwise it fails with [`StoreErrorKind::LeaseLost`] and changes
+///   token is the message's current token and the message is `InFlight`.
+///   Otherwise it fails with [`StoreErrorKind::LeaseLost`] and changes
 ///   nothing. An expired lease whose message nobody claimed again still
 ///   matches, so a slow worker's result is kept rather than redone.
 /// - A claim returns due `Pending` messages and `InFlight` messages whose
