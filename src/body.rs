@@ -1,7 +1,7 @@
 //! Body types and helpers shared by the layers.
 //!
 //! The layers buffer request bodies (to sign them, verify them, fingerprint
-//! them or store them) and answer some requests themselves. Buffered
+//! them or store them) and respond to some requests themselves. Buffered
 //! requests go on as `Request<Full<Bytes>>`, and responses come back as a
 //! [`ResponseBody`]: either the inner service's body or one the layer made.
 

@@ -94,7 +94,7 @@ fn command_message(
 /// The idempotency layer replays the stored `202` to retries, but a
 /// receiver that dies after storing the command and before storing the
 /// `202` leaves only an expired claim. The retry then reaches this layer
-/// again, and the derived id makes its enqueue a no-op that answers with
+/// again, and the derived id makes its enqueue a no-op that returns
 /// the first command's id. The fingerprint is part of the seed, so a
 /// different request that reuses the key after the record's retention is
 /// a new command.

@@ -44,7 +44,7 @@ pub type StatusResponse = Response<ResponseBody<Empty<Bytes>>>;
 /// Any id that names no command of this queue, well-formed or not, is
 /// `404 Not Found`. So is a command stored with a principal (the key id
 /// that signed it) when the status request was authenticated as another
-/// key id, or not at all: command ids derived from an `Idempotency-Key`
+/// key id, or not at all. Command ids derived from an `Idempotency-Key`
 /// are not secret, and the status shows the handler's response. Methods other than GET and HEAD get
 /// `405 Method Not Allowed`.
 #[derive(Clone)]

@@ -4,7 +4,7 @@ use crate::BoxError;
 
 /// The error returned by a store operation.
 ///
-/// [`StoreError::kind`] tells callers what to do next: retry later
+/// [`StoreError::kind`] shows callers what to do next: retry later
 /// ([`StoreErrorKind::Unavailable`]), stop touching a message whose lease
 /// was taken over ([`StoreErrorKind::LeaseLost`]), or report a bug or a
 /// misconfiguration.
@@ -15,11 +15,11 @@ pub struct StoreError {
     source: Option<BoxError>,
 }
 
-/// What went wrong in a store operation.
+/// The kind of failure of a store operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum StoreErrorKind {
-    /// The backend could not be reached or failed to answer: connection
+    /// The backend could not be reached or failed to respond: connection
     /// lost, I/O error, timeout, database busy past its timeout. Retrying
     /// later may succeed.
     Unavailable,

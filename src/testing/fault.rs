@@ -18,11 +18,11 @@ pub enum Fault {
     Reset,
     /// Wait this long before running the inner service.
     Delay(Duration),
-    /// Answer with this status before the inner service runs, as a proxy
+    /// Respond with this status before the inner service runs, as a proxy
     /// or a failing middleware does.
     FailBefore(StatusCode),
-    /// Run the inner service, then drop its response and answer with this
-    /// status: the work is done but the caller sees a failure.
+    /// Run the inner service, then drop its response and respond with this
+    /// status. The work is done, but the caller receives a failure.
     FailAfter(StatusCode),
 }
 
