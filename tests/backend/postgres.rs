@@ -53,6 +53,12 @@ pub(crate) fn trials() -> Vec<Trial> {
             group_commit_answers_all,
         ),
         trial(
+            "pg_group_finish_fences_each_row",
+            url,
+            VARIABLE,
+            group_finish_fences_each_row,
+        ),
+        trial(
             "pg_bad_enqueue_fails_alone",
             url,
             VARIABLE,
@@ -195,6 +201,84 @@ async fn group_commit_answers_all(url: String) {
     let oversized: Vec<_> = (0..40).map(|_| message("bulk")).collect();
     let stored = store.enqueue(oversized).await.unwrap();
     assert!(stored.iter().all(|stored| *stored));
+}
+
+/// Concurrent final states share statements, and each row is still
+/// checked against its own lease: stale tokens and second completions
+/// fail alone, and every outcome lands on its own message.
+async fn group_finish_fences_each_row(url: String) {
+    use bytes::Bytes;
+    use http::StatusCode;
+    use tower_courier::store::{FencingToken, Outcome};
+
+    let store = Arc::new(open_with(&url, PostgresOptions::new().batch_size(16)).await);
+    let messages: Vec<_> = (0..60).map(|_| message("finish")).collect();
+    store.enqueue(messages).await.unwrap();
+    let claimed = store
+        .claim("finish", 60, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 60);
+
+    let mut writes = tokio::task::JoinSet::new();
+    for (index, claim) in claimed.iter().enumerate() {
+        let store = store.clone();
+        let mut lease = claim.lease;
+        writes.spawn(async move {
+            let outcome = Outcome {
+                status: StatusCode::CREATED,
+                body: Bytes::from(format!("body {}", lease.id)),
+            };
+            let result = match index % 4 {
+                // A stale token must not touch the row.
+                0 => {
+                    lease.token = FencingToken(lease.token.0 + 1);
+                    store.complete(&lease, Some(outcome)).await
+                }
+                // Two completions of one lease: exactly one may succeed.
+                1 => {
+                    let again = store.clone();
+                    let (first, second) = tokio::join!(
+                        store.complete(&lease, Some(outcome.clone())),
+                        again.complete(&lease, Some(outcome)),
+                    );
+                    assert!(first.is_ok() != second.is_ok(), "{first:?} / {second:?}");
+                    first.or(second)
+                }
+                2 => store.fail(&lease, "bad\0request", None).await,
+                _ => store.complete(&lease, Some(outcome)).await,
+            };
+            (index, lease.id, result)
+        });
+    }
+
+    while let Some(write) = writes.join_next().await {
+        let (index, id, result) = write.unwrap();
+        let stored = MessageQueue::get(&*store, id).await.unwrap().unwrap();
+        match index % 4 {
+            0 => {
+                assert!(result.unwrap_err().is_lease_lost());
+                assert_eq!(stored.state, MessageState::InFlight);
+            }
+            2 => {
+                result.unwrap();
+                assert_eq!(stored.state, MessageState::Failed);
+                assert_eq!(stored.last_error.as_deref(), Some("badrequest"));
+            }
+            _ => {
+                result.unwrap();
+                assert_eq!(stored.state, MessageState::Succeeded);
+                let outcome = stored.outcome.expect("a stored outcome");
+                assert_eq!(outcome.status, StatusCode::CREATED);
+                assert_eq!(outcome.body, format!("body {id}"));
+            }
+        }
+    }
+    let counts = store.counts("finish").await.unwrap();
+    assert_eq!(
+        (counts.succeeded, counts.failed, counts.in_flight),
+        (30, 15, 15)
+    );
 }
 
 async fn bad_enqueue_fails_alone(url: String) {

@@ -67,9 +67,12 @@
 //!
 //! # Throughput
 //!
-//! Enqueues are group-committed by default: one writer task per store
-//! collects the enqueues that arrive while the previous commit runs and
-//! writes them in one multi-row `INSERT`, answering each caller after the
+//! Enqueues and final states are group-committed by default. One writer
+//! task per store collects the enqueues that arrive while its previous
+//! commit runs and writes them in one multi-row `INSERT`. One finisher task
+//! does the same with one multi-row `UPDATE` for
+//! [`MessageQueue::complete`], [`MessageQueue::fail`] and
+//! [`MessageQueue::dead_letter`]. Each caller gets its result after the
 //! commit. See [`PostgresOptions::group_commit`].
 //!
 //! # Table growth
@@ -100,6 +103,7 @@
 //!   transaction mode does not receive notifications; connect the store
 //!   to the database directly.
 
+mod finish;
 mod listener;
 mod queue;
 mod records;
@@ -121,6 +125,7 @@ use tokio::task::JoinHandle;
 use crate::store::{IdempotencyStore, MessageQueue, ReplayStore};
 use crate::store::{NewMessage, Notifier, StoreError, StoreErrorKind};
 
+use self::finish::FinishRequest;
 use self::sql::Sql;
 use self::writer::{EncodedMessage, EnqueueRequest};
 
@@ -166,7 +171,8 @@ impl PostgresOptions {
         self
     }
 
-    /// Sets the maximum number of messages in one group commit. Default: 512.
+    /// Sets the maximum number of messages in one group commit, of
+    /// enqueues or of final states. Default: 512.
     ///
     /// An enqueue of more messages than this is written alone, in one
     /// transaction of its own.
@@ -175,12 +181,12 @@ impl PostgresOptions {
         self
     }
 
-    /// Sets whether concurrent enqueues share one transaction. Default:
-    /// `true`.
+    /// Sets whether concurrent enqueues share one transaction, and
+    /// concurrent final states another. Default: `true`.
     ///
-    /// With `false`, every enqueue runs its own transaction on a pool
-    /// connection: lower latency for a lone producer, far fewer messages a
-    /// second for many.
+    /// With `false`, every enqueue and every completion runs its own
+    /// transaction on a pool connection: lower latency for a lone caller,
+    /// far fewer messages a second for many.
     pub fn group_commit(mut self, group_commit: bool) -> Self {
         self.group_commit = group_commit;
         self
@@ -224,6 +230,7 @@ impl Default for PostgresOptions {
 pub struct PostgresStore {
     shared: Arc<Shared>,
     writer: Option<mpsc::Sender<EnqueueRequest>>,
+    finisher: Option<mpsc::Sender<FinishRequest>>,
     _tasks: Arc<TaskGuard>,
 }
 
@@ -275,7 +282,7 @@ impl PostgresStore {
     /// Connects to the database at `url` with `options`, and creates or
     /// migrates the schema they name.
     ///
-    /// The listener and the group-commit writer run as tasks on the Tokio
+    /// The listener and the group-commit writers run as tasks on the Tokio
     /// runtime of the caller.
     ///
     /// # Panics
@@ -321,10 +328,16 @@ impl PostgresStore {
             tasks.push(tokio::spawn(writer::run(shared.clone(), receiver)));
             sender
         });
+        let finisher = options.group_commit.then(|| {
+            let (sender, receiver) = mpsc::channel(1024);
+            tasks.push(tokio::spawn(finish::run(shared.clone(), receiver)));
+            sender
+        });
 
         Ok(Self {
             shared,
             writer,
+            finisher,
             _tasks: Arc::new(TaskGuard(tasks)),
         })
     }

@@ -7,6 +7,7 @@ use sqlx::Row;
 use sqlx::postgres::PgRow;
 use tokio::sync::oneshot;
 
+use super::finish::{FinalState, FinishRequest, finish_alone};
 use super::row::{decode_message, duration_micros, from_micros, to_micros};
 use super::sql::query;
 use super::writer::{EncodedMessage, EnqueueRequest, insert_alone};
@@ -244,7 +245,8 @@ impl MessageQueue for PostgresStore {
 }
 
 impl PostgresStore {
-    /// Moves a claimed message to the final `state`.
+    /// Moves a claimed message to the final `state`, through the finisher
+    /// when group commit is on.
     async fn finish(
         &self,
         lease: &Lease,
@@ -252,24 +254,18 @@ impl PostgresStore {
         error: Option<&str>,
         outcome: Option<Outcome>,
     ) -> Result<(), StoreError> {
-        let status = outcome
-            .as_ref()
-            .map(|outcome| outcome.status.as_u16() as i16);
-        let body = outcome.as_ref().map(|outcome| outcome.body.as_ref());
-        let result = query(&self.shared.sql.finish)
-            .bind(lease.id.to_string())
-            .bind(lease.token.0 as i64)
-            .bind(state.as_str())
-            .bind(error.map(strip_nul))
-            .bind(status)
-            .bind(body)
-            .execute(&self.shared.pool)
+        let row = FinalState::new(lease, state, error, outcome);
+        let Some(finisher) = &self.finisher else {
+            return finish_alone(&self.shared, &row).await;
+        };
+
+        let (reply, answer) = oneshot::channel();
+        let stopped = || StoreError::unavailable("postgres finisher stopped", "task ended");
+        finisher
+            .send(FinishRequest { row, reply })
             .await
-            .map_err(|error| query_failed("finish a message", error))?;
-        if result.rows_affected() == 0 {
-            return Err(lease_lost(lease));
-        }
-        Ok(())
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
     }
 
     /// Checks that a notifying write matched its message, and wakes local

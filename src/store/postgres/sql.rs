@@ -129,12 +129,17 @@ impl Sql {
                  RETURNING {}",
                 micros!("lease_expires_at"),
             )),
-            // Moves a claimed message to a final state: $3 state, $4 error,
-            // $5 and $6 the outcome.
+            // Moves claimed messages to final states, one row per array
+            // element: id, token, state, error, outcome status and body. The
+            // lease check is per row, so a stale token fails only its own.
             finish: text(format!(
-                "UPDATE {s}.messages SET state = $3, lease_expires_at = NULL, updated_at = now(), \
-                   last_error = coalesce($4, last_error), outcome_status = $5, outcome_body = $6 \
-                 WHERE id = $1::uuid AND token = $2 AND state = 'in_flight'"
+                "UPDATE {s}.messages m SET state = u.state, lease_expires_at = NULL, \
+                   updated_at = now(), last_error = coalesce(u.error, m.last_error), \
+                   outcome_status = u.status, outcome_body = u.body \
+                 FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::text[], $5::int2[], \
+                   $6::bytea[]) AS u(id, token, state, error, status, body) \
+                 WHERE m.id = u.id AND m.token = u.token AND m.state = 'in_flight' \
+                 RETURNING m.id::text"
             )),
             reschedule: text(format!(
                 "WITH u AS ( \

@@ -77,18 +77,30 @@ impl EncodedMessage {
 
 /// Runs the writer until every store handle is dropped.
 pub(super) async fn run(shared: Arc<Shared>, mut receiver: mpsc::Receiver<EnqueueRequest>) {
-    while let Some(first) = receiver.recv().await {
-        let mut size = first.messages.len();
-        let mut batch = vec![first];
-        while size < shared.batch_size {
-            let Ok(next) = receiver.try_recv() else {
-                break;
-            };
-            size += next.messages.len();
-            batch.push(next);
-        }
+    let size = |request: &EnqueueRequest| request.messages.len();
+    while let Some(batch) = next_batch(&mut receiver, shared.batch_size, size).await {
         write_batch(&shared, batch).await;
     }
+}
+
+/// Waits for a request, then adds those already waiting while the batch's
+/// total `size` is below `limit`. Returns `None` once every sender is gone.
+pub(super) async fn next_batch<T>(
+    receiver: &mut mpsc::Receiver<T>,
+    limit: usize,
+    size: impl Fn(&T) -> usize,
+) -> Option<Vec<T>> {
+    let first = receiver.recv().await?;
+    let mut total = size(&first);
+    let mut batch = vec![first];
+    while total < limit {
+        let Ok(next) = receiver.try_recv() else {
+            break;
+        };
+        total += size(&next);
+        batch.push(next);
+    }
+    Some(batch)
 }
 
 /// Writes `batch` in one transaction, and sends every caller its result.
