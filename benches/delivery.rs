@@ -181,27 +181,47 @@ async fn store_ceiling(name: &str, store: Arc<dyn MessageQueue>, count: usize) {
 
 /// Enqueues `count` messages, then times the dispatcher draining them.
 async fn drain_rate(name: &str, store: Arc<dyn MessageQueue>, count: usize) {
+    drain_rate_shared(name, vec![store], count).await;
+}
+
+/// Enqueues `count` messages through the first of `stores`, then times one
+/// dispatcher per store draining them together.
+async fn drain_rate_shared(name: &str, stores: Vec<Arc<dyn MessageQueue>>, count: usize) {
     let tally = Arc::new(Tally::default());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(start_receiver(listener, tally.clone()));
-    enqueue_all(&store, addr, count).await;
+    enqueue_all(&stores[0], addr, count).await;
 
     let started = Instant::now();
-    let handle = dispatcher(store).spawn();
+    let handles: Vec<_> = stores
+        .into_iter()
+        .map(|store| dispatcher(store).spawn())
+        .collect();
     wait_received(&tally, count as u64).await;
     let elapsed = started.elapsed();
-    while handle.metrics().delivered < count as u64 {
+    let delivered = || {
+        handles
+            .iter()
+            .map(|handle| handle.metrics().delivered)
+            .sum::<u64>()
+    };
+    while delivered() < count as u64 {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let recorded = started.elapsed();
-    handle.shutdown().await;
+    let received = tally.received.load(Ordering::Relaxed);
+    for handle in handles {
+        handle.shutdown().await;
+    }
 
     println!("{name}: {:.0} msg/s", count as f64 / elapsed.as_secs_f64());
     println!(
         "{name}_recorded: {:.0} msg/s",
         count as f64 / recorded.as_secs_f64()
     );
+    // Each message is sent once unless a lease expired mid-run.
+    println!("{name}_sent_twice: {} messages", received - count as u64);
 }
 
 /// Enqueues one message every `gap` with the dispatcher running, and
@@ -325,12 +345,18 @@ struct Postgres {
 
 #[cfg(feature = "postgres")]
 impl Postgres {
+    /// Opens a store in a new schema.
     async fn store(&mut self) -> Arc<dyn MessageQueue> {
-        use tower_courier::store::postgres::{PostgresOptions, PostgresStore};
-
         let unique = tower_courier::MessageId::new().to_string().replace('-', "");
         let schema = format!("bench_delivery_{unique}");
         self.schemas.push(schema.clone());
+        self.store_in(&schema).await
+    }
+
+    /// Opens another store, with its own pool, in an existing schema.
+    async fn store_in(&self, schema: &str) -> Arc<dyn MessageQueue> {
+        use tower_courier::store::postgres::{PostgresOptions, PostgresStore};
+
         let options = PostgresOptions::new().schema(schema);
         let store = PostgresStore::connect_with(&self.url, options).await;
         Arc::new(store.expect("connect to TOWER_COURIER_POSTGRES_URL"))
@@ -361,6 +387,12 @@ async fn postgres_sections(count: usize, latency_count: usize, gap: Duration) {
             drain_rate("delivery_postgres", postgres.store().await, count).await;
             let store = postgres.store().await;
             latency("delivery_postgres", store, latency_count, gap).await;
+        }
+        if selected("delivery_postgres_2") {
+            // Two stores with their own pools, as two processes would have.
+            let first = postgres.store().await;
+            let second = postgres.store_in(postgres.schemas.last().unwrap()).await;
+            drain_rate_shared("delivery_postgres_2", vec![first, second], count).await;
         }
         if selected("recovery_postgres") {
             let store = postgres.store().await;
