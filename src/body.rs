@@ -9,11 +9,11 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::{error, fmt};
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use pin_project_lite::pin_project;
 
 use crate::BoxError;
@@ -146,12 +146,61 @@ where
         return Err(CollectError::TooLarge { limit });
     }
 
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
-            Err(CollectError::TooLarge { limit })
+    let mut body = std::pin::pin!(body);
+    let mut collected = Collected::default();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|error| CollectError::Read(error.into()))?;
+        // Trailers carry nothing the layers use.
+        let Ok(mut data) = frame.into_data() else {
+            continue;
+        };
+        let length = data.remaining();
+        if length > limit - collected.len() {
+            return Err(CollectError::TooLarge { limit });
         }
-        Err(error) => Err(CollectError::Read(error)),
+        collected.push(data.copy_to_bytes(length));
+    }
+    Ok(collected.into_bytes())
+}
+
+/// The data frames read so far. Small bodies usually arrive in one frame,
+/// which is kept as it came, without an allocation or a copy.
+#[derive(Default)]
+enum Collected {
+    #[default]
+    Empty,
+    One(Bytes),
+    Many(BytesMut),
+}
+
+impl Collected {
+    fn len(&self) -> usize {
+        match self {
+            Self::Empty => 0,
+            Self::One(bytes) => bytes.len(),
+            Self::Many(buffer) => buffer.len(),
+        }
+    }
+
+    fn push(&mut self, chunk: Bytes) {
+        match self {
+            Self::Empty => *self = Self::One(chunk),
+            Self::One(first) => {
+                let mut buffer = BytesMut::with_capacity(first.len() + chunk.len());
+                buffer.extend_from_slice(first);
+                buffer.extend_from_slice(&chunk);
+                *self = Self::Many(buffer);
+            }
+            Self::Many(buffer) => buffer.extend_from_slice(&chunk),
+        }
+    }
+
+    fn into_bytes(self) -> Bytes {
+        match self {
+            Self::Empty => Bytes::new(),
+            Self::One(bytes) => bytes,
+            Self::Many(buffer) => buffer.freeze(),
+        }
     }
 }
 
