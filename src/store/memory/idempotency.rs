@@ -1,9 +1,9 @@
-use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 
 use super::MemoryStore;
+use super::digest::{DigestMap, Digester};
 use crate::store::{
     ClaimOutcome, CompletedRecord, FencingToken, Fingerprint, IdempotencyKey, IdempotencyRecord,
     IdempotencyStore, StoreError, StoreErrorKind, StoredResponse,
@@ -12,7 +12,10 @@ use crate::store::{
 /// The idempotency records of a [`MemoryStore`].
 #[derive(Debug, Default)]
 pub(super) struct Records {
-    records: HashMap<IdempotencyKey, Record>,
+    /// The records by the digest of their key, which costs no allocation
+    /// per key and one short hash per lookup.
+    records: DigestMap<Record>,
+    digester: Digester,
     /// The last token handed out. Tokens come from one counter for all
     /// keys, so a claim taken after a release never reuses a token.
     last_token: u64,
@@ -54,7 +57,8 @@ impl Records {
         now: SystemTime,
         max: usize,
     ) -> Result<ClaimOutcome, StoreError> {
-        match self.records.get(key) {
+        let key = self.digester.digest(key);
+        match self.records.get(&key) {
             Some(record) if record.is_live(now) => return Ok(Self::found(record)),
             Some(_) => {}
             None => self.make_room(now, max)?,
@@ -67,7 +71,7 @@ impl Records {
             token,
             expires_at,
         };
-        self.records.insert(key.clone(), claim);
+        self.records.insert(key, claim);
         Ok(ClaimOutcome::Claimed(token))
     }
 
@@ -105,7 +109,8 @@ impl Records {
         token: FencingToken,
         change: impl FnOnce(Fingerprint) -> Option<Record>,
     ) -> Result<(), StoreError> {
-        let fingerprint = match self.records.get(key) {
+        let key = self.digester.digest(key);
+        let fingerprint = match self.records.get(&key) {
             Some(Record::Claim {
                 fingerprint,
                 token: current,
@@ -120,14 +125,15 @@ impl Records {
         };
 
         match change(fingerprint) {
-            Some(record) => self.records.insert(key.clone(), record),
-            None => self.records.remove(key),
+            Some(record) => self.records.insert(key, record),
+            None => self.records.remove(&key),
         };
         Ok(())
     }
 
     fn get(&self, key: &IdempotencyKey, now: SystemTime) -> Option<IdempotencyRecord> {
-        let record = self.records.get(key).filter(|r| r.is_live(now))?;
+        let key = self.digester.digest(key);
+        let record = self.records.get(&key).filter(|r| r.is_live(now))?;
         Some(match record.clone() {
             Record::Claim {
                 fingerprint,

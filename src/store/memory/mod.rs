@@ -26,6 +26,7 @@
 //! # }
 //! ```
 
+mod digest;
 mod idempotency;
 mod queue;
 mod replay;
