@@ -184,6 +184,92 @@ async fn client_disconnect_does_not_cancel_handler() {
     assert_eq!(started.get(), 1);
 }
 
+/// A memory store whose claims take `delay`, like a store across a slow
+/// network.
+#[derive(Debug)]
+struct SlowClaims {
+    inner: MemoryStore,
+    delay: Duration,
+}
+
+#[async_trait]
+impl IdempotencyStore for SlowClaims {
+    async fn claim(
+        &self,
+        key: &IdempotencyKey,
+        fingerprint: Fingerprint,
+        lease: Duration,
+    ) -> Result<ClaimOutcome, StoreError> {
+        let outcome = self.inner.claim(key, fingerprint, lease).await;
+        sleep(self.delay).await;
+        outcome
+    }
+
+    async fn renew(
+        &self,
+        key: &IdempotencyKey,
+        token: FencingToken,
+        extend_by: Duration,
+    ) -> Result<(), StoreError> {
+        self.inner.renew(key, token, extend_by).await
+    }
+
+    async fn complete(
+        &self,
+        key: &IdempotencyKey,
+        token: FencingToken,
+        response: &StoredResponse,
+        retention: Duration,
+    ) -> Result<(), StoreError> {
+        self.inner.complete(key, token, response, retention).await
+    }
+
+    async fn release(&self, key: &IdempotencyKey, token: FencingToken) -> Result<(), StoreError> {
+        self.inner.release(key, token).await
+    }
+
+    async fn get(&self, key: &IdempotencyKey) -> Result<Option<IdempotencyRecord>, StoreError> {
+        IdempotencyStore::get(&self.inner, key).await
+    }
+
+    async fn purge_expired(&self) -> Result<u64, StoreError> {
+        IdempotencyStore::purge_expired(&self.inner).await
+    }
+}
+
+#[tokio::test]
+async fn disconnect_during_claim_still_runs_once() {
+    let runs = Runs::default();
+    let store = SlowClaims {
+        inner: MemoryStore::new(),
+        delay: Duration::from_millis(300),
+    };
+    let layer = IdempotencyLayer::required(Arc::new(store));
+    let address = serve(app(layer, runs.clone(), Duration::ZERO)).await;
+
+    // The claim is taken at once and answered 300 ms later, so the client
+    // leaves while the layer holds a claim that no handler runs under yet.
+    let mut stream = TcpStream::connect(address).await.unwrap();
+    let raw = "POST /orders HTTP/1.1\r\nhost: test\r\nidempotency-key: k31\r\n\
+               content-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+    stream.write_all(raw.as_bytes()).await.unwrap();
+    sleep(Duration::from_millis(100)).await;
+    assert_eq!(runs.get(), 0, "the claim answered before the disconnect");
+    drop(stream);
+    sleep(Duration::from_millis(500)).await;
+    assert_eq!(runs.get(), 1, "the handler did not run after the disconnect");
+
+    let retry = send(
+        address,
+        loopback::post(address, "/orders", Some("k31"), "{}"),
+    )
+    .await;
+    assert_eq!(retry.status, StatusCode::CREATED);
+    assert_eq!(retry.headers["idempotent-replayed"], "true");
+    assert_eq!(retry.body, "{\"order\":1}");
+    assert_eq!(runs.get(), 1);
+}
+
 #[tokio::test]
 async fn replay_keeps_headers_but_not_cookies_or_date() {
     let handler = || async {

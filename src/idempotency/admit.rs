@@ -48,7 +48,7 @@ pub(crate) enum Intake<B> {
 
 /// Returns `true` for methods that are never deduplicated, because they
 /// change nothing on the server.
-fn is_safe(method: &Method) -> bool {
+pub(crate) fn is_safe(method: &Method) -> bool {
     matches!(
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE

@@ -55,13 +55,12 @@ where
     ResBody::Error: Into<BoxError>,
 {
     let config = run.config.clone();
-    let work = produce(&run, inner, request);
     let produced = keep_renewed(
         config.store.as_ref(),
         &run.key,
         run.token,
         config.lease,
-        work,
+        produce(&run, inner, request),
     )
     .await;
 

@@ -1,7 +1,12 @@
 //! Renewal of an idempotency claim while its handler runs.
 
 use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use pin_project_lite::pin_project;
 
 use crate::store::{FencingToken, IdempotencyKey, IdempotencyStore};
 
@@ -10,26 +15,78 @@ use crate::store::{FencingToken, IdempotencyKey, IdempotencyStore};
 /// Renewing at a third of the lease leaves two more chances before the
 /// lease ends if one renewal fails. Renewal runs in the same task as
 /// `work` and stops when `work` finishes or the claim is lost.
-pub(crate) async fn keep_renewed<F: Future>(
-    store: &dyn IdempotencyStore,
-    key: &IdempotencyKey,
+pub(crate) fn keep_renewed<'a, F: Future>(
+    store: &'a dyn IdempotencyStore,
+    key: &'a IdempotencyKey,
     token: FencingToken,
     lease: Duration,
     work: F,
-) -> F::Output {
-    let renewal = renew_until_lost(store, key, token, lease);
-    tokio::pin!(work, renewal);
-
-    tokio::select! {
-        biased;
-        output = &mut work => output,
-        () = &mut renewal => work.await,
+) -> KeepRenewed<'a, F> {
+    KeepRenewed {
+        work,
+        claim: Claim {
+            store,
+            key,
+            token,
+            lease,
+        },
+        renewal: Renewal::NotStarted,
     }
 }
 
-async fn renew_until_lost(
-    store: &dyn IdempotencyStore,
-    key: &IdempotencyKey,
+/// The claim that [`keep_renewed`] renews.
+struct Claim<'a> {
+    store: &'a dyn IdempotencyStore,
+    key: &'a IdempotencyKey,
+    token: FencingToken,
+    lease: Duration,
+}
+
+enum Renewal<'a> {
+    /// `work` has not waited yet. Most handlers finish without waiting, so
+    /// the renewal loop is only built, and allocated, for one that does.
+    NotStarted,
+    Running(BoxFuture<'a, ()>),
+    /// The claim was lost; `work` goes on without renewals.
+    Lost,
+}
+
+pin_project! {
+    /// The future of [`keep_renewed`].
+    pub(crate) struct KeepRenewed<'a, F> {
+        #[pin]
+        work: F,
+        claim: Claim<'a>,
+        renewal: Renewal<'a>,
+    }
+}
+
+impl<F: Future> Future for KeepRenewed<'_, F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        if let Poll::Ready(output) = this.work.poll(cx) {
+            return Poll::Ready(output);
+        }
+
+        if let Renewal::NotStarted = this.renewal {
+            let claim = &*this.claim;
+            let renewal = renew_until_lost(claim.store, claim.key, claim.token, claim.lease);
+            *this.renewal = Renewal::Running(Box::pin(renewal));
+        }
+        if let Renewal::Running(renewal) = this.renewal
+            && renewal.as_mut().poll(cx).is_ready()
+        {
+            *this.renewal = Renewal::Lost;
+        }
+        Poll::Pending
+    }
+}
+
+async fn renew_until_lost<'a>(
+    store: &'a dyn IdempotencyStore,
+    key: &'a IdempotencyKey,
     token: FencingToken,
     lease: Duration,
 ) {

@@ -73,12 +73,14 @@
 //!
 //! # Cancel safety and crashes
 //!
-//! The handler runs inside the request's future, which saves a task per
-//! request. If that future is dropped (the client disconnected, or a
-//! timeout layer above this one gave up), the unfinished run moves to a
-//! task of its own: the handler is not cancelled, and its response is
-//! stored. Only a runtime that shuts down stops it, and then the claim
-//! ends with its lease. The claim is a lease (default
+//! A request with a key is handled inside its response future, which
+//! saves a task per request. The future may be dropped once polled,
+//! because the client disconnected or a timeout layer above this one gave
+//! up. The unfinished work then moves to a task of its own, which settles
+//! any claim it took, lets the handler finish and stores its response.
+//! Only a runtime that shuts down stops it, and then the claim ends with
+//! its lease. Requests without a key, and safe methods, are cancelled by a
+//! drop as usual. The claim is a lease (default
 //! 60 seconds) renewed every third of the lease while the handler runs.
 //! A claim left by a crashed process is taken over once its lease ends,
 //! and a late write by the old holder is refused by its fencing token.
@@ -117,7 +119,6 @@ use tower::Service;
 
 use self::admit::{Admission, Intake, admit, intake};
 use self::execute::{LayerResponse, Run, run_and_store};
-use self::future::Step;
 use self::layer::Config;
 use crate::BoxError;
 use crate::body::ResponseBody;
@@ -202,15 +203,22 @@ where
         let inner = std::mem::replace(&mut self.inner, clone);
         let config = self.config.clone();
 
-        ResponseFuture::new(Box::pin(handle(config, inner, request)))
+        let detach = may_claim(&request);
+        ResponseFuture::new(Box::pin(handle(config, inner, request)), detach)
     }
+}
+
+/// Returns `true` for a request that may claim a key, whose handling must
+/// therefore finish even if its future is dropped.
+fn may_claim<B>(request: &Request<B>) -> bool {
+    !admit::is_safe(request.method()) && request.headers().contains_key(IDEMPOTENCY_KEY)
 }
 
 async fn handle<S, ReqBody, ResBody>(
     config: Arc<Config>,
     mut inner: S,
     request: Request<ReqBody>,
-) -> Step<ResBody, S::Error>
+) -> Result<LayerResponse<ResBody>, S::Error>
 where
     S: Service<Request<Full<Bytes>>, Response = Response<ResBody>> + Send + 'static,
     S::Future: Send + 'static,
@@ -222,17 +230,17 @@ where
 {
     let keyed = match intake(&config, request).await {
         Intake::Keyed(keyed) => keyed,
-        Intake::Reject(response) => return Step::Done(Ok(response)),
+        Intake::Reject(response) => return Ok(response),
         Intake::Pass(request) => {
             let result = inner.call(request.map(Full::new)).await;
             let passthrough = |body| ResponseBody::inner(PrefixedBody::passthrough(body));
-            return Step::Done(result.map(|response| response.map(passthrough)));
+            return result.map(|response| response.map(passthrough));
         }
     };
 
     let token = match admit(&config, &keyed.key, keyed.fingerprint).await {
         Admission::Run(token) => token,
-        Admission::Respond(response) => return Step::Done(Ok(response)),
+        Admission::Respond(response) => return Ok(response),
     };
 
     let run = Run {
@@ -240,9 +248,5 @@ where
         key: keyed.key,
         token,
     };
-    Step::Run(Box::pin(run_and_store(
-        run,
-        inner,
-        keyed.request.map(Full::new),
-    )))
+    run_and_store(run, inner, keyed.request.map(Full::new)).await
 }
