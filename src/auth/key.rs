@@ -57,7 +57,7 @@ impl fmt::Display for KeyId {
 /// `Debug` prints the key id and the window, never the secret.
 #[derive(Clone)]
 pub struct Key {
-    kid: String,
+    kid: KeyId,
     // Keyed once here, so each signature starts from a cloned state.
     mac: Hmac<Sha256>,
     not_before: Option<SystemTime>,
@@ -105,7 +105,7 @@ impl Key {
 
         let mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC accepts keys of any length");
         Ok(Self {
-            kid: kid.to_owned(),
+            kid: KeyId::new(kid),
             mac,
             not_before: None,
             not_after: None,
@@ -128,6 +128,12 @@ impl Key {
 
     /// Returns the key id.
     pub fn kid(&self) -> &str {
+        self.kid.as_str()
+    }
+
+    /// Returns the key id as the request extension the verifying layer
+    /// inserts, sharing this key's copy of the text.
+    pub(crate) fn id(&self) -> &KeyId {
         &self.kid
     }
 
@@ -171,7 +177,7 @@ impl Key {
 impl fmt::Debug for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Key")
-            .field("kid", &self.kid)
+            .field("kid", &self.kid())
             .field("not_before", &self.not_before)
             .field("not_after", &self.not_after)
             .finish_non_exhaustive()
@@ -210,8 +216,8 @@ pub(crate) enum LookupError {
 impl KeyRing {
     /// Creates a ring of one key, which also signs.
     pub fn single(key: Key) -> Self {
-        let signing_kid = key.kid.clone();
-        let keys = HashMap::from([(key.kid.clone(), Arc::new(key))]);
+        let signing_kid = key.kid().to_owned();
+        let keys = HashMap::from([(key.kid().to_owned(), Arc::new(key))]);
         Self {
             inner: Arc::new(Inner { keys, signing_kid }),
         }
@@ -334,7 +340,7 @@ impl KeyRingBuilder {
 
     /// Adds the key that signs outgoing requests. It also verifies.
     pub fn signing_key(mut self, key: Key) -> Self {
-        self.signing_kid = Some(key.kid.clone());
+        self.signing_kid = Some(key.kid().to_owned());
         self.signing_keys += 1;
         self.keys.push(key);
         self
@@ -362,13 +368,13 @@ impl KeyRingBuilder {
 
         let mut keys = HashMap::with_capacity(self.keys.len());
         for key in self.keys {
-            if keys.contains_key(&key.kid) {
+            if keys.contains_key(key.kid()) {
                 return Err(KeyRingError::new(
                     KeyRingErrorKind::DuplicateKeyId,
-                    &key.kid,
+                    key.kid(),
                 ));
             }
-            keys.insert(key.kid.clone(), Arc::new(key));
+            keys.insert(key.kid().to_owned(), Arc::new(key));
         }
 
         Ok(KeyRing {

@@ -17,7 +17,7 @@ use tower::{Layer, Service};
 
 use super::canonical::{DigestHex, SignedParts, path_and_query};
 use super::header::SignatureHeader;
-use super::key::{Key, KeyId, KeyRing, LookupError};
+use super::key::{Key, KeyRing, LookupError};
 use super::rejection::{AuthMetrics, RejectReason, unauthorized};
 use super::{DEFAULT_BODY_LIMIT, HEADER_NAME};
 use crate::BoxError;
@@ -445,7 +445,7 @@ where
         // the services below.
         value.set_sensitive(true);
     }
-    parts.extensions.insert(KeyId::new(header.kid()));
+    parts.extensions.insert(key.id().clone());
     let request = Request::from_parts(parts, Full::new(bytes));
     let response = inner.call(request).await?;
     Ok(response.map(ResponseBody::inner))
