@@ -119,12 +119,15 @@ async fn sqlite_store(directory: &tempfile::TempDir) -> Arc<dyn IdempotencyStore
 
 /// Serves the handler behind the signature check and the idempotency
 /// layer on `store`.
+///
+/// The layers are stacked as the README shows, in one `ServiceBuilder`
+/// given to `Router::layer`. Two `Router::layer` calls would wrap the
+/// route twice, and axum boxes and clones each wrapped route per request.
 async fn serve_full(store: Arc<dyn IdempotencyStore>) -> SocketAddr {
-    let idempotency = IdempotencyLayer::required(store).retention(RETENTION);
-    let full = handler_router()
-        .layer(idempotency)
-        .layer(VerifyLayer::new(keys()));
-    serve(full).await
+    let layers = ServiceBuilder::new()
+        .layer(VerifyLayer::new(keys()))
+        .layer(IdempotencyLayer::required(store).retention(RETENTION));
+    serve(handler_router().layer(layers)).await
 }
 
 async fn servers(directory: &tempfile::TempDir) -> Vec<(&'static str, SocketAddr)> {
