@@ -257,7 +257,11 @@ async fn disconnect_during_claim_still_runs_once() {
     assert_eq!(runs.get(), 0, "the claim answered before the disconnect");
     drop(stream);
     sleep(Duration::from_millis(500)).await;
-    assert_eq!(runs.get(), 1, "the handler did not run after the disconnect");
+    assert_eq!(
+        runs.get(),
+        1,
+        "the handler did not run after the disconnect"
+    );
 
     let retry = send(
         address,
