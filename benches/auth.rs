@@ -10,9 +10,21 @@
 //!   in-memory replay store, to a handler that responds at once;
 //! - `verify_without_store`: the same with a store that keeps nothing.
 //!
-//! Run with `cargo bench --bench auth -- --measurement-time 3`. A full run
-//! (with `--bench`) rewrites the "Signing and verifying" section of
-//! `docs/BENCHMARKS.md` with the medians and paired verify/baseline ratios.
+//! Run with `cargo bench --bench auth -- --measurement-time 3`. After
+//! criterion's report the run prints one `name: value unit` line per
+//! benchmark, the time per request over every timed call, warm-up
+//! included (`verify_1KiB: 3.480 us`). It then times every kind in paired
+//! rounds and prints the median ratios of verify to the baselines
+//! (`ratio_verify_to_raw_baseline_1KiB: 1.39 x`).
+//!
+//! A full run (with `--bench`) also rewrites the "Signing and verifying"
+//! section of `docs/BENCHMARKS.md` with criterion's medians and the paired
+//! ratios. `QUICK=1` runs short warm-ups and measurements and 11 paired
+//! rounds instead of 41, in well under a minute, and leaves
+//! `docs/BENCHMARKS.md` as it is, because figures that short are not worth
+//! recording.
+
+mod common;
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -22,7 +34,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use criterion::{BenchmarkId, Criterion, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, BenchmarkId, Criterion, Throughput};
 use futures_util::FutureExt;
 use hmac::{Hmac, KeyInit, Mac};
 use http::{Request, Response};
@@ -36,10 +49,16 @@ use tower_courier::body::ResponseBody;
 use tower_courier::clock::{Clock, SystemClock};
 use tower_courier::store::{ReplayStore, StoreError};
 
+use self::common::Recorder;
+
 const SECRET: [u8; 32] = [42; 32];
 const SIZES: [(usize, &str); 3] = [(0, "0B"), (1024, "1KiB"), (64 * 1024, "64KiB")];
 const GROUP: &str = "auth";
 const TARGET: &str = "/orders/42?expand=lines";
+
+/// Rounds of the paired ratios in a full run, and with `QUICK=1`.
+const PAIRED_ROUNDS: usize = 41;
+const QUICK_PAIRED_ROUNDS: usize = 11;
 
 fn keys() -> KeyRing {
     KeyRing::single(Key::from_bytes("bench", &SECRET).expect("the bench secret is valid"))
@@ -175,32 +194,31 @@ struct PairedRatios {
     without_store_to_minimal: f64,
 }
 
-/// Times 400 operations of each kind in turn, in 41 rounds, so that load
-/// from other processes on the machine hits all of them alike, and returns
-/// the median of each per-round ratio.
-fn paired_ratios(size: usize) -> PairedRatios {
-    const ROUNDS: usize = 41;
+/// Times 400 operations of each kind in turn, in `rounds` rounds, so that
+/// load from other processes on the machine hits all of them alike, and
+/// returns the median of each per-round ratio.
+fn paired_ratios(size: usize, rounds: usize) -> PairedRatios {
     const OPS: u64 = 400;
     let keys = keys();
     let key = keys.signing_key().clone();
     let body = Bytes::from(vec![0x5a; size]);
     let mut nonce = 1_u64 << 40;
-    let mut rounds = [Vec::new(), Vec::new(), Vec::new()];
+    let mut ratios = [Vec::new(), Vec::new(), Vec::new()];
 
-    for _ in 0..ROUNDS {
-        let raw = time_ops(OPS, || black_box(raw_baseline(black_box(&body))));
-        let minimal = time_ops(OPS, || black_box(minimal_baseline(black_box(&body))));
+    for _ in 0..rounds {
+        let raw = time_ops(OPS, || raw_baseline(black_box(&body))).as_secs_f64();
+        let minimal = time_ops(OPS, || minimal_baseline(black_box(&body))).as_secs_f64();
         let requests = signed_requests(&key, &body, &mut nonce, OPS);
         let verify = time_verify(&keys, Replay::Memory, requests).as_secs_f64();
         let requests = signed_requests(&key, &body, &mut nonce, OPS);
         let without_store = time_verify(&keys, Replay::Skipped, requests).as_secs_f64();
 
-        rounds[0].push(verify / raw);
-        rounds[1].push(verify / minimal);
-        rounds[2].push(without_store / minimal);
+        ratios[0].push(verify / raw);
+        ratios[1].push(verify / minimal);
+        ratios[2].push(without_store / minimal);
     }
 
-    let [to_raw, to_minimal, without_store] = rounds.map(median);
+    let [to_raw, to_minimal, without_store] = ratios.map(median);
     PairedRatios {
         verify_to_raw: to_raw,
         verify_to_minimal: to_minimal,
@@ -208,12 +226,14 @@ fn paired_ratios(size: usize) -> PairedRatios {
     }
 }
 
-fn time_ops<T>(count: u64, mut operation: impl FnMut() -> T) -> f64 {
+/// Runs `operation` `count` times and returns the time taken. Each result
+/// goes through `black_box`, so the work is not optimised away.
+fn time_ops<T>(count: u64, mut operation: impl FnMut() -> T) -> Duration {
     let start = Instant::now();
     for _ in 0..count {
-        operation();
+        black_box(operation());
     }
-    start.elapsed().as_secs_f64()
+    start.elapsed()
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -221,7 +241,8 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
-fn bench_auth(c: &mut Criterion) {
+/// Benchmarks every kind of operation on every body size.
+fn bench_auth(c: &mut Criterion, recorder: &Recorder) {
     let keys = keys();
     let key = keys.signing_key().clone();
     let mut group = c.benchmark_group(GROUP);
@@ -229,50 +250,66 @@ fn bench_auth(c: &mut Criterion) {
     for (size, label) in SIZES {
         let body = Bytes::from(vec![0x5a; size]);
         group.throughput(Throughput::Bytes(size as u64));
+        let mut bench = Bench {
+            group: &mut group,
+            recorder,
+            label,
+        };
 
-        group.bench_with_input(BenchmarkId::new("raw_baseline", label), &body, |b, body| {
-            b.iter(|| raw_baseline(black_box(body)));
+        bench.run("raw_baseline", |iterations| {
+            time_ops(iterations, || raw_baseline(black_box(&body)))
         });
-        group.bench_with_input(
-            BenchmarkId::new("minimal_baseline", label),
-            &body,
-            |b, body| {
-                b.iter(|| minimal_baseline(black_box(body)));
-            },
-        );
+        bench.run("minimal_baseline", |iterations| {
+            time_ops(iterations, || minimal_baseline(black_box(&body)))
+        });
 
         let signer = SignLayer::new(keys.clone()).layer(service_fn(
             |request: Request<Full<Bytes>>| async move {
                 Ok::<_, Infallible>(black_box(request).into_body())
             },
         ));
-        group.bench_with_input(BenchmarkId::new("sign", label), &body, |b, body| {
-            b.iter(|| {
+        bench.run("sign", |iterations| {
+            time_ops(iterations, || {
                 let request = Request::post(TARGET).body(Full::new(body.clone())).unwrap();
                 run_now(signer.clone().oneshot(request)).unwrap()
-            });
+            })
         });
 
         let mut nonce = 0_u64;
-        group.bench_with_input(BenchmarkId::new("verify", label), &body, |b, body| {
-            b.iter_custom(|iterations| {
-                let requests = signed_requests(&key, body, &mut nonce, iterations);
-                time_verify(&keys, Replay::Memory, requests)
-            });
+        bench.run("verify", |iterations| {
+            let requests = signed_requests(&key, &body, &mut nonce, iterations);
+            time_verify(&keys, Replay::Memory, requests)
         });
-
-        group.bench_with_input(
-            BenchmarkId::new("verify_without_store", label),
-            &body,
-            |b, body| {
-                b.iter_custom(|iterations| {
-                    let requests = signed_requests(&key, body, &mut nonce, iterations);
-                    time_verify(&keys, Replay::Skipped, requests)
-                });
-            },
-        );
+        bench.run("verify_without_store", |iterations| {
+            let requests = signed_requests(&key, &body, &mut nonce, iterations);
+            time_verify(&keys, Replay::Skipped, requests)
+        });
     }
     group.finish();
+}
+
+/// The benchmarks of one body size.
+struct Bench<'g, 'c> {
+    group: &'g mut BenchmarkGroup<'c, WallTime>,
+    recorder: &'g Recorder,
+    label: &'static str,
+}
+
+impl Bench<'_, '_> {
+    /// Benchmarks `function` as `auth/<function>/<label>` and records it
+    /// as the line `<function>_<label>`. `time` runs the given number of
+    /// operations and returns the time they took.
+    fn run(&mut self, function: &str, mut time: impl FnMut(u64) -> Duration) {
+        let name = format!("{function}_{}", self.label);
+        let id = BenchmarkId::new(function, self.label);
+        self.group.bench_function(id, |b| {
+            b.iter_custom(|iterations| {
+                let elapsed = time(iterations);
+                self.recorder.add(&name, "us", iterations, elapsed);
+                elapsed
+            });
+        });
+    }
 }
 
 /// Polls a future that completes without waiting, as every future here
@@ -284,16 +321,54 @@ fn run_now<F: std::future::Future>(future: F) -> F::Output {
 }
 
 fn main() {
-    let mut criterion = Criterion::default().configure_from_args();
-    bench_auth(&mut criterion);
+    let quick = common::quick();
+    let mut criterion = Criterion::default();
+    if quick {
+        criterion = common::configure_quick(criterion);
+    }
+    let mut criterion = criterion.configure_from_args();
+    let recorder = Recorder::default();
+    bench_auth(&mut criterion, &recorder);
     criterion.final_summary();
+    println!();
+    recorder.print();
 
     // Only a real run (`cargo bench`) measures; `cargo test` runs each
-    // benchmark once in test mode, which records nothing.
-    if std::env::args().any(|arg| arg == "--bench") {
-        match write_report() {
-            Ok(path) => println!("wrote {}", path.display()),
-            Err(error) => eprintln!("did not update docs/BENCHMARKS.md: {error}"),
+    // benchmark once in test mode, which is too short for ratios.
+    if !std::env::args().any(|arg| arg == "--bench") {
+        return;
+    }
+    let rounds = if quick {
+        QUICK_PAIRED_ROUNDS
+    } else {
+        PAIRED_ROUNDS
+    };
+    let paired = SIZES.map(|(size, label)| (label, paired_ratios(size, rounds)));
+    print_ratios(&paired);
+
+    if quick {
+        println!("docs/BENCHMARKS.md not updated, because a QUICK=1 run is too short to record");
+        return;
+    }
+    match write_report(&paired) {
+        Ok(path) => println!("wrote {}", path.display()),
+        Err(error) => eprintln!("did not update docs/BENCHMARKS.md: {error}"),
+    }
+}
+
+/// Prints the paired ratios as `name: value x` lines.
+fn print_ratios(paired: &[(&str, PairedRatios)]) {
+    for (label, ratios) in paired {
+        let lines = [
+            ("verify_to_raw_baseline", ratios.verify_to_raw),
+            ("verify_to_minimal_baseline", ratios.verify_to_minimal),
+            (
+                "verify_without_store_to_minimal_baseline",
+                ratios.without_store_to_minimal,
+            ),
+        ];
+        for (name, ratio) in lines {
+            println!("ratio_{name}_{label}: {ratio:.2} x");
         }
     }
 }
@@ -334,10 +409,11 @@ fn format_time(ns: f64) -> String {
     }
 }
 
-fn write_report() -> Result<PathBuf, String> {
+/// Rewrites this bench's section of `docs/BENCHMARKS.md` with criterion's
+/// medians of this run and the paired ratios.
+fn write_report(paired: &[(&str, PairedRatios)]) -> Result<PathBuf, String> {
     let mut section = String::from(SECTION_INTRO);
-    let mut paired = Vec::new();
-    for (size, label) in SIZES {
+    for (_, label) in SIZES {
         let _ = writeln!(
             section,
             "| {label} | {} | {} | {} | {} | {} |",
@@ -347,11 +423,10 @@ fn write_report() -> Result<PathBuf, String> {
             format_time(median_ns("verify", label)?),
             format_time(median_ns("verify_without_store", label)?),
         );
-        paired.push((label, paired_ratios(size)));
     }
 
     section.push_str(PAIRED_INTRO);
-    for (label, ratios) in &paired {
+    for (label, ratios) in paired {
         let _ = writeln!(
             section,
             "| {label} | {:.2}x | {:.2}x | {:.2}x |",

@@ -10,17 +10,40 @@
 //! - `sqlite_claim_complete/workers_4`: four workers claim 64 messages at
 //!   a time and complete each one.
 //!
-//! Run with `cargo bench --bench store`; criterion reports elements/s.
+//! Run with `cargo bench --bench store`; criterion reports elements/s,
+//! over 10 samples of about 5 s each after 1 s of warm-up. `QUICK=1` runs
+//! 200 ms of warm-up and 500 ms of measurement per benchmark instead, in
+//! well under a minute.
+//!
+//! After criterion's report the run prints one `name: value unit` line per
+//! benchmark, the messages over the time of every timed call, warm-up
+//! included: `enqueue_sqlite_<case>_<producers>` for each enqueue case
+//! (`enqueue_sqlite_group_commit_64: 31000 msg/s`) and
+//! `claim_complete_sqlite_workers_4`. Then it prints the ratios of two of
+//! those lines:
+//!
+//! - `ratio_sqlite_group_commit_1` and `ratio_sqlite_group_commit_64`:
+//!   group commit over one transaction per message, with 1 and 64
+//!   producers;
+//! - `ratio_sqlite_sync_normal_64`: group commit with `synchronous=NORMAL`
+//!   over the same with `synchronous=FULL`.
+//!
+//! The benchmarks run one after another, so load from other processes can
+//! move a ratio.
+
+mod common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput};
 use http::{HeaderValue, Method};
 use tokio::runtime::Runtime;
 use tower_courier::store::sqlite::{SqliteOptions, SqliteStore, Synchronous};
 use tower_courier::store::{MessageQueue, NewMessage};
+
+use self::common::Recorder;
 
 const BODY_BYTES: usize = 512;
 const QUEUE: &str = "bench";
@@ -70,13 +93,10 @@ async fn enqueue_from(store: &SqliteStore, producers: u64, total: u64) -> Durati
     start.elapsed()
 }
 
-fn enqueue(c: &mut Criterion) {
+fn enqueue(c: &mut Criterion, recorder: &Recorder) {
     let runtime = Runtime::new().expect("tokio runtime");
     let mut group = c.benchmark_group("sqlite_enqueue");
     group.throughput(Throughput::Elements(1));
-    group.sample_size(10);
-    group.warm_up_time(Duration::from_secs(1));
-    group.measurement_time(Duration::from_secs(5));
 
     let cases = [
         (
@@ -99,10 +119,15 @@ fn enqueue(c: &mut Criterion) {
                 .synchronous(synchronous)
                 .max_batch(max_batch);
             let (store, _directory) = runtime.block_on(open(options));
+            let line = &format!("enqueue_sqlite_{name}_{producers}");
             group.bench_function(format!("{name}/{producers}"), |b| {
                 b.to_async(&runtime).iter_custom(|iters| {
                     let store = store.clone();
-                    async move { enqueue_from(&store, producers, iters).await }
+                    async move {
+                        let elapsed = enqueue_from(&store, producers, iters).await;
+                        recorder.add(line, "msg/s", iters, elapsed);
+                        elapsed
+                    }
                 });
             });
         }
@@ -140,13 +165,10 @@ async fn claim_and_complete(store: &SqliteStore, workers: usize) -> Duration {
     start.elapsed()
 }
 
-fn claim_complete(c: &mut Criterion) {
+fn claim_complete(c: &mut Criterion, recorder: &Recorder) {
     let runtime = Runtime::new().expect("tokio runtime");
     let mut group = c.benchmark_group("sqlite_claim_complete");
     group.throughput(Throughput::Elements(1));
-    group.sample_size(10);
-    group.warm_up_time(Duration::from_secs(1));
-    group.measurement_time(Duration::from_secs(5));
 
     let (store, _directory) = runtime.block_on(open(SqliteOptions::new()));
     let store = Arc::new(store);
@@ -156,7 +178,9 @@ fn claim_complete(c: &mut Criterion) {
             async move {
                 // Filling the queue is not measured.
                 enqueue_batches(&store, iters).await;
-                claim_and_complete(&store, 4).await
+                let elapsed = claim_and_complete(&store, 4).await;
+                recorder.add("claim_complete_sqlite_workers_4", "msg/s", iters, elapsed);
+                elapsed
             }
         });
     });
@@ -173,5 +197,57 @@ async fn enqueue_batches(store: &SqliteStore, total: u64) {
     }
 }
 
-criterion_group!(benches, enqueue, claim_complete);
-criterion_main!(benches);
+fn main() {
+    let mut criterion = configure(Criterion::default(), common::quick()).configure_from_args();
+    let recorder = Recorder::default();
+    enqueue(&mut criterion, &recorder);
+    claim_complete(&mut criterion, &recorder);
+    criterion.final_summary();
+
+    println!();
+    recorder.print();
+    print_ratios(&recorder);
+}
+
+/// Sets criterion's timing: 10 samples over about 5 s per benchmark, or
+/// under 1 s with `QUICK=1`. Command-line options such as
+/// `--measurement-time` still win.
+fn configure(criterion: Criterion, quick: bool) -> Criterion {
+    let criterion = criterion.sample_size(10);
+    if quick {
+        common::configure_quick(criterion)
+    } else {
+        criterion
+            .warm_up_time(Duration::from_secs(1))
+            .measurement_time(Duration::from_secs(5))
+    }
+}
+
+/// Prints each ratio of two recorded lines as a `name: value x` line,
+/// skipping any whose benchmarks a command-line filter left out.
+fn print_ratios(recorder: &Recorder) {
+    let ratios = [
+        (
+            "ratio_sqlite_group_commit_1",
+            "enqueue_sqlite_group_commit_1",
+            "enqueue_sqlite_tx_per_message_1",
+        ),
+        (
+            "ratio_sqlite_group_commit_64",
+            "enqueue_sqlite_group_commit_64",
+            "enqueue_sqlite_tx_per_message_64",
+        ),
+        (
+            "ratio_sqlite_sync_normal_64",
+            "enqueue_sqlite_group_commit_sync_normal_64",
+            "enqueue_sqlite_group_commit_64",
+        ),
+    ];
+    for (name, numerator, denominator) in ratios {
+        if let (Some(numerator), Some(denominator)) =
+            (recorder.value(numerator), recorder.value(denominator))
+        {
+            println!("{name}: {:.2} x", numerator / denominator);
+        }
+    }
+}

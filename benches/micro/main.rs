@@ -28,11 +28,12 @@
 //! short warm-ups and measurements.
 
 mod backends;
+#[path = "../common/mod.rs"]
+mod common;
 mod workloads;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
@@ -41,6 +42,7 @@ use tokio::runtime::Runtime;
 use tower_courier::retry::Backoff;
 
 use self::backends::{Backend, Opened};
+use self::common::Recorder;
 
 /// A store is replaced by a fresh one once this many operations went into
 /// it, so that the memory store of a long run does not grow by gigabytes.
@@ -50,8 +52,7 @@ const ROTATE_AFTER: u64 = 1_000_000;
 const SETTLE_ITERATIONS: u64 = 20;
 
 fn main() {
-    let quick = std::env::var("QUICK").is_ok_and(|value| value == "1");
-    let mut criterion = configure(Criterion::default(), quick).configure_from_args();
+    let mut criterion = configure(Criterion::default(), common::quick()).configure_from_args();
     let runtime = Runtime::new().expect("tokio runtime");
     // Stores dropped outside `block_on` still find the runtime they need.
     let _context = runtime.enter();
@@ -80,19 +81,12 @@ fn main() {
 }
 
 /// Sets criterion's timing: about 4 s per benchmark, or under 1 s with
-/// `QUICK=1`. Command-line options such as `--measurement-time` still win.
-///
-/// A quick run also draws no plots and resamples 1,000 times instead of
-/// 100,000: those took about a second per benchmark, longer than the
-/// measurement itself.
+/// `QUICK=1` (see [`common::configure_quick`]). Command-line options such
+/// as `--measurement-time` still win.
 fn configure(criterion: Criterion, quick: bool) -> Criterion {
     let criterion = criterion.sample_size(10);
     if quick {
-        criterion
-            .warm_up_time(Duration::from_millis(200))
-            .measurement_time(Duration::from_millis(500))
-            .nresamples(1_000)
-            .without_plots()
+        common::configure_quick(criterion)
     } else {
         criterion
             .warm_up_time(Duration::from_secs(1))
@@ -270,39 +264,5 @@ impl<'a> Slot<'a> {
         let (store, used) = current.as_mut().expect("a store was just opened");
         *used += operations;
         workload(store.clone(), iterations).await
-    }
-}
-
-/// The `name: value unit` summary: operations and time of every timed
-/// call, per benchmark, in the order they first ran.
-#[derive(Default)]
-struct Recorder {
-    entries: Mutex<Vec<(String, &'static str, u64, Duration)>>,
-}
-
-impl Recorder {
-    fn add(&self, name: &str, unit: &'static str, operations: u64, elapsed: Duration) {
-        let mut entries = self.entries.lock().unwrap();
-        match entries.iter_mut().find(|entry| entry.0 == name) {
-            Some(entry) => {
-                entry.2 += operations;
-                entry.3 += elapsed;
-            }
-            None => entries.push((name.to_owned(), unit, operations, elapsed)),
-        }
-    }
-
-    /// Prints a rate for units per second and a time per operation for
-    /// `ns`.
-    fn print(&self) {
-        for (name, unit, operations, elapsed) in self.entries.lock().unwrap().iter() {
-            let seconds = elapsed.as_secs_f64();
-            if *unit == "ns" {
-                let per_operation = seconds * 1e9 / *operations as f64;
-                println!("{name}: {per_operation:.1} ns");
-            } else {
-                println!("{name}: {:.0} {unit}", *operations as f64 / seconds);
-            }
-        }
     }
 }
