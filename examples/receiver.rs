@@ -71,6 +71,7 @@ struct Options {
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
+    common::init_logging();
     let options = Options::parse();
     let keys = common::read_keys(&options.keys, None)?;
     let (store, ledger) = open_store(&options.store).await?;

@@ -104,6 +104,7 @@ struct Summary {
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
+    common::init_logging();
     let options = Options::parse();
     let keys = common::read_keys(&options.keys, options.kid.as_deref())?;
     let store = Store::connect(&options.store).await.map_err(|error| {

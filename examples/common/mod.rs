@@ -15,6 +15,19 @@ use tower_courier::BoxError;
 use tower_courier::auth::KeyRing;
 use tower_courier::retry::Backoff;
 
+/// Sends the crate's log to stderr, filtered by `RUST_LOG`: by default
+/// warnings and errors only, so progress lines stay readable.
+/// `RUST_LOG=tower_courier=debug` adds, among others, the reason of each
+/// rejected signature and each replayed response.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
 /// Returns the retry schedule of the examples' dispatcher and command
 /// workers: delays drawn from 100 ms up to a ceiling that starts at 250 ms and
 /// doubles to 4 s, for at most 40 attempts. A message is retried through
