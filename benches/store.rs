@@ -198,7 +198,8 @@ async fn enqueue_batches(store: &SqliteStore, total: u64) {
 }
 
 fn main() {
-    let mut criterion = configure(Criterion::default(), common::quick()).configure_from_args();
+    let mut criterion = common::configure_samples(Criterion::default(), Duration::from_secs(5))
+        .configure_from_args();
     let recorder = Recorder::default();
     enqueue(&mut criterion, &recorder);
     claim_complete(&mut criterion, &recorder);
@@ -207,20 +208,6 @@ fn main() {
     println!();
     recorder.print();
     print_ratios(&recorder);
-}
-
-/// Sets criterion's timing: 10 samples over about 5 s per benchmark, or
-/// under 1 s with `QUICK=1`. Command-line options such as
-/// `--measurement-time` still win.
-fn configure(criterion: Criterion, quick: bool) -> Criterion {
-    let criterion = criterion.sample_size(10);
-    if quick {
-        common::configure_quick(criterion)
-    } else {
-        criterion
-            .warm_up_time(Duration::from_secs(1))
-            .measurement_time(Duration::from_secs(5))
-    }
 }
 
 /// Prints each ratio of two recorded lines as a `name: value x` line,

@@ -31,6 +31,19 @@ pub fn configure_quick(criterion: Criterion) -> Criterion {
         .without_plots()
 }
 
+/// Sets the timing of a store benchmark: 10 samples, and with `QUICK=1`
+/// the quick timing, otherwise 1 s of warm-up and `measurement`.
+#[allow(dead_code, reason = "only the store benches call it")]
+pub fn configure_samples(criterion: Criterion, measurement: Duration) -> Criterion {
+    let criterion = criterion.sample_size(10);
+    if quick() {
+        return configure_quick(criterion);
+    }
+    criterion
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(measurement)
+}
+
 /// The `name: value unit` summary: operations and time of every timed
 /// call, per benchmark, in the order they first ran.
 ///

@@ -52,7 +52,8 @@ const ROTATE_AFTER: u64 = 1_000_000;
 const SETTLE_ITERATIONS: u64 = 20;
 
 fn main() {
-    let mut criterion = configure(Criterion::default(), common::quick()).configure_from_args();
+    let mut criterion = common::configure_samples(Criterion::default(), Duration::from_secs(3))
+        .configure_from_args();
     let runtime = Runtime::new().expect("tokio runtime");
     // Stores dropped outside `block_on` still find the runtime they need.
     let _context = runtime.enter();
@@ -77,20 +78,6 @@ fn main() {
 
     for backend in &backends {
         runtime.block_on(backend.clean_up());
-    }
-}
-
-/// Sets criterion's timing: about 4 s per benchmark, or under 1 s with
-/// `QUICK=1` (see [`common::configure_quick`]). Command-line options such
-/// as `--measurement-time` still win.
-fn configure(criterion: Criterion, quick: bool) -> Criterion {
-    let criterion = criterion.sample_size(10);
-    if quick {
-        common::configure_quick(criterion)
-    } else {
-        criterion
-            .warm_up_time(Duration::from_secs(1))
-            .measurement_time(Duration::from_secs(3))
     }
 }
 
