@@ -190,4 +190,47 @@ mod tests {
         assert!(store.insert("k", "n3", ttl).await.unwrap());
         assert_eq!(store.len(), 1);
     }
+
+    #[tokio::test]
+    async fn replay_before_1970_is_rejected() {
+        let clock = ManualClock::new(UNIX_EPOCH - Duration::from_secs(3_600));
+        let store = MemoryReplayStore::with_clock(10, Arc::new(clock.clone()));
+        let ttl = Duration::from_secs(600);
+
+        assert!(store.insert("k1", "nonce-a", ttl).await.unwrap());
+        assert!(!store.insert("k1", "nonce-a", ttl).await.unwrap());
+
+        clock.advance(Duration::from_secs(599));
+        assert!(!store.insert("k1", "nonce-a", ttl).await.unwrap());
+
+        clock.advance(Duration::from_secs(1));
+        assert!(store.insert("k1", "nonce-a", ttl).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn pair_across_1970_lives_its_ttl() {
+        let clock = ManualClock::new(UNIX_EPOCH - Duration::from_millis(1_500));
+        let store = MemoryReplayStore::with_clock(10, Arc::new(clock.clone()));
+        let ttl = Duration::from_secs(2);
+
+        assert!(store.insert("k1", "nonce-a", ttl).await.unwrap());
+        clock.advance(Duration::from_millis(1_999));
+        assert!(!store.insert("k1", "nonce-a", ttl).await.unwrap());
+
+        clock.advance(Duration::from_millis(1));
+        assert!(store.insert("k1", "nonce-a", ttl).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn zero_and_huge_ttls() {
+        let (store, clock) = store(10);
+
+        assert!(store.insert("k1", "zero", Duration::ZERO).await.unwrap());
+        clock.advance(Duration::from_millis(1));
+        assert!(store.insert("k1", "zero", Duration::ZERO).await.unwrap());
+
+        assert!(store.insert("k1", "huge", Duration::MAX).await.unwrap());
+        clock.advance(Duration::from_secs(100 * 365 * 86_400));
+        assert!(!store.insert("k1", "huge", Duration::MAX).await.unwrap());
+    }
 }
