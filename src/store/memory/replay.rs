@@ -147,7 +147,9 @@ fn millis_since_epoch(time: SystemTime, rounding: Rounding) -> i64 {
 fn whole_millis(duration: Duration, rounding: Rounding) -> i64 {
     let millis = i64::try_from(duration.as_millis()).unwrap_or(i64::MAX);
     match rounding {
-        Rounding::Up if duration.subsec_nanos() % 1_000_000 > 0 => millis.saturating_add(1),
+        Rounding::Up if !duration.subsec_nanos().is_multiple_of(1_000_000) => {
+            millis.saturating_add(1)
+        }
         _ => millis,
     }
 }
