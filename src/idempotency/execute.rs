@@ -55,14 +55,21 @@ where
     ResBody::Error: Into<BoxError>,
 {
     let config = run.config.clone();
+    // Reading the response body can panic too, after the handler's own
+    // guard, and the claim must still be released.
+    let guarded = AssertUnwindSafe(produce(&run, inner, request)).catch_unwind();
     let produced = keep_renewed(
         config.store.as_ref(),
         &run.key,
         run.token,
         config.lease,
-        produce(&run, inner, request),
+        guarded,
     )
-    .await;
+    .await
+    .unwrap_or_else(|_panic| {
+        tracing::error!(key = %run.key.key, path = %run.key.path, "idempotent response body panicked");
+        Produced::Release(Ok(problem(StatusCode::INTERNAL_SERVER_ERROR, None)))
+    });
 
     match produced {
         Produced::Store { response, stored } => {

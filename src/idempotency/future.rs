@@ -1,7 +1,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use futures_util::future::BoxFuture;
 
@@ -49,13 +49,17 @@ where
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         self.started = true;
-        let work = self
+        // The work is put back only when pending, so work that panicked is
+        // dropped with the panic and never detached to be polled again.
+        let mut work = self
             .work
-            .as_mut()
+            .take()
             .expect("ResponseFuture polled after completion");
-        let output = ready!(work.as_mut().poll(cx));
-        self.work = None;
-        Poll::Ready(output)
+        let output = work.as_mut().poll(cx);
+        if output.is_pending() {
+            self.work = Some(work);
+        }
+        output
     }
 }
 

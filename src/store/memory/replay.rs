@@ -15,7 +15,7 @@ use crate::store::{ReplayStore, StoreError, StoreErrorKind};
 /// flood of requests can make signed requests fail (closed) but never lets
 /// a replay through.
 ///
-/// Each pair is kept as a 64-bit keyed digest and an expiry in
+/// Each pair is kept as a 64-bit keyed digest and a signed expiry in
 /// milliseconds, 16 bytes whatever the lengths of its key id and nonce. Two
 /// pairs can share a digest: with `n` pairs kept, a fresh nonce is taken
 /// for a replay with a probability of about `n / 2^64`, below 10^-13 at
@@ -31,8 +31,9 @@ pub struct MemoryReplayStore {
     capacity: usize,
     clock: SharedClock,
     digester: Digester,
-    /// Expiry, in milliseconds since the Unix epoch, by digest of the pair.
-    pairs: Mutex<Digest64Map<u64>>,
+    /// Expiry, in milliseconds since the Unix epoch (negative before it),
+    /// by digest of the pair.
+    pairs: Mutex<Digest64Map<i64>>,
 }
 
 impl MemoryReplayStore {
@@ -67,7 +68,7 @@ impl MemoryReplayStore {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Digest64Map<u64>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Digest64Map<i64>> {
         // Every critical section leaves the map whole, so a poisoned lock is
         // still safe to use.
         self.pairs
@@ -91,7 +92,7 @@ impl ReplayStore for MemoryReplayStore {
         // kept at least `ttl` and at most a millisecond longer.
         let expires_at = now
             .checked_add(ttl)
-            .map_or(u64::MAX, |expiry| millis_since_epoch(expiry, Rounding::Up));
+            .map_or(i64::MAX, |expiry| millis_since_epoch(expiry, Rounding::Up));
         let now = millis_since_epoch(now, Rounding::Down);
         let mut pairs = self.lock();
 
@@ -126,14 +127,29 @@ enum Rounding {
     Down,
 }
 
-/// Returns whole milliseconds since the Unix epoch, 0 for an earlier time.
-fn millis_since_epoch(time: SystemTime, rounding: Rounding) -> u64 {
-    let Ok(elapsed) = time.duration_since(std::time::UNIX_EPOCH) else {
-        return 0;
-    };
-    let millis = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+/// Returns whole milliseconds since the Unix epoch, negative for an
+/// earlier time, so that a clock set before 1970 still orders expiries.
+fn millis_since_epoch(time: SystemTime, rounding: Rounding) -> i64 {
+    match time.duration_since(std::time::UNIX_EPOCH) {
+        Ok(after) => whole_millis(after, rounding),
+        Err(before) => {
+            // Rounding a negative time up means rounding its magnitude down.
+            let magnitude = match rounding {
+                Rounding::Up => Rounding::Down,
+                Rounding::Down => Rounding::Up,
+            };
+            -whole_millis(before.duration(), magnitude)
+        }
+    }
+}
+
+/// Returns `duration` in whole milliseconds, saturating at `i64::MAX`.
+fn whole_millis(duration: Duration, rounding: Rounding) -> i64 {
+    let millis = i64::try_from(duration.as_millis()).unwrap_or(i64::MAX);
     match rounding {
-        Rounding::Up if elapsed.subsec_nanos() % 1_000_000 > 0 => millis.saturating_add(1),
+        Rounding::Up if !duration.subsec_nanos().is_multiple_of(1_000_000) => {
+            millis.saturating_add(1)
+        }
         _ => millis,
     }
 }
@@ -189,5 +205,48 @@ mod tests {
         clock.advance(ttl);
         assert!(store.insert("k", "n3", ttl).await.unwrap());
         assert_eq!(store.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn replay_before_1970_is_rejected() {
+        let clock = ManualClock::new(UNIX_EPOCH - Duration::from_secs(3_600));
+        let store = MemoryReplayStore::with_clock(10, Arc::new(clock.clone()));
+        let ttl = Duration::from_secs(600);
+
+        assert!(store.insert("k1", "nonce-a", ttl).await.unwrap());
+        assert!(!store.insert("k1", "nonce-a", ttl).await.unwrap());
+
+        clock.advance(Duration::from_secs(599));
+        assert!(!store.insert("k1", "nonce-a", ttl).await.unwrap());
+
+        clock.advance(Duration::from_secs(1));
+        assert!(store.insert("k1", "nonce-a", ttl).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn pair_across_1970_lives_its_ttl() {
+        let clock = ManualClock::new(UNIX_EPOCH - Duration::from_millis(1_500));
+        let store = MemoryReplayStore::with_clock(10, Arc::new(clock.clone()));
+        let ttl = Duration::from_secs(2);
+
+        assert!(store.insert("k1", "nonce-a", ttl).await.unwrap());
+        clock.advance(Duration::from_millis(1_999));
+        assert!(!store.insert("k1", "nonce-a", ttl).await.unwrap());
+
+        clock.advance(Duration::from_millis(1));
+        assert!(store.insert("k1", "nonce-a", ttl).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn zero_and_huge_ttls() {
+        let (store, clock) = store(10);
+
+        assert!(store.insert("k1", "zero", Duration::ZERO).await.unwrap());
+        clock.advance(Duration::from_millis(1));
+        assert!(store.insert("k1", "zero", Duration::ZERO).await.unwrap());
+
+        assert!(store.insert("k1", "huge", Duration::MAX).await.unwrap());
+        clock.advance(Duration::from_secs(100 * 365 * 86_400));
+        assert!(!store.insert("k1", "huge", Duration::MAX).await.unwrap());
     }
 }
