@@ -47,7 +47,8 @@ enum Renewal<'a> {
     /// the renewal loop is only built, and allocated, for one that does.
     NotStarted,
     Running(BoxFuture<'a, ()>),
-    /// The claim was lost; `work` goes on without renewals.
+    /// The claim was lost, or cannot be renewed outside a Tokio runtime.
+    /// `work` goes on without renewals.
     Lost,
 }
 
@@ -71,9 +72,7 @@ impl<F: Future> Future for KeepRenewed<'_, F> {
         }
 
         if let Renewal::NotStarted = this.renewal {
-            let claim = &*this.claim;
-            let renewal = renew_until_lost(claim.store, claim.key, claim.token, claim.lease);
-            *this.renewal = Renewal::Running(Box::pin(renewal));
+            *this.renewal = start_renewal(this.claim);
         }
         if let Renewal::Running(renewal) = this.renewal
             && renewal.as_mut().poll(cx).is_ready()
@@ -82,6 +81,21 @@ impl<F: Future> Future for KeepRenewed<'_, F> {
         }
         Poll::Pending
     }
+}
+
+/// Starts the renewal loop, which needs Tokio's timer. Outside a Tokio
+/// runtime the claim is left to its lease instead of panicking the
+/// request.
+fn start_renewal<'a>(claim: &Claim<'a>) -> Renewal<'a> {
+    if tokio::runtime::Handle::try_current().is_err() {
+        tracing::warn!(
+            key = %claim.key.key,
+            "idempotent handler waits outside a tokio runtime; its claim is not renewed"
+        );
+        return Renewal::Lost;
+    }
+    let renewal = renew_until_lost(claim.store, claim.key, claim.token, claim.lease);
+    Renewal::Running(Box::pin(renewal))
 }
 
 async fn renew_until_lost<'a>(

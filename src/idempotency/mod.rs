@@ -79,7 +79,10 @@
 //! up. The unfinished work then moves to a task of its own, which settles
 //! any claim it took, lets the handler finish and stores its response.
 //! Only a runtime that shuts down stops it, and then the claim ends with
-//! its lease. Requests without a key, and safe methods, are cancelled by a
+//! its lease. The layer expects a Tokio runtime with timers, as hyper and
+//! axum servers have: outside one, a handler that waits is not renewed,
+//! so it must finish within the lease, and a dropped request is not
+//! finished. Requests without a key, and safe methods, are cancelled by a
 //! drop as usual. The claim is a lease (default
 //! 60 seconds) renewed every third of the lease while the handler runs.
 //! A claim left by a crashed process is taken over once its lease ends,

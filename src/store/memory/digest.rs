@@ -3,8 +3,9 @@
 //! Idempotency keys and replay pairs are made of several strings that the
 //! client chooses. Keeping those strings would cost an allocation per part
 //! and a SipHash over all of them on every lookup. The maps are keyed
-//! instead by a 128-bit digest: two SipHash-1-3 hashes with keys drawn at
-//! random when the map is created, so a client cannot aim for a collision.
+//! instead by a 128-bit digest: two SipHash-1-3 hashes, under a key drawn
+//! at random when the map is created, of the value behind two different
+//! tags. A client cannot aim for a collision without the key.
 //! Two different keys share a digest with a probability below 2^-60 even
 //! among a billion live keys.
 
@@ -29,18 +30,27 @@ impl Hash for Digest {
     }
 }
 
-/// The two random SipHash keys of one map.
+/// The random SipHash key of one map.
 #[derive(Debug, Default)]
 pub(super) struct Digester {
-    low: RandomState,
-    high: RandomState,
+    key: RandomState,
 }
+
+/// The tags that make the two halves of a digest hashes of different
+/// inputs. Two `RandomState`s made one after the other have related keys
+/// (the standard library adds one to a per-thread seed), so one key with
+/// distinct inputs is the safer way to get independent halves.
+const LOW: u8 = 1;
+const HIGH: u8 = 2;
 
 impl Digester {
     /// Returns the digest of `value`, which must hash each of its parts
     /// unambiguously, as the standard `Hash` impls of strings do.
     pub(super) fn digest(&self, value: &impl Hash) -> Digest {
-        Digest(self.low.hash_one(value), self.high.hash_one(value))
+        Digest(
+            self.key.hash_one((LOW, value)),
+            self.key.hash_one((HIGH, value)),
+        )
     }
 
     /// Returns a 64-bit digest of `value`, for maps where a collision only
@@ -48,7 +58,7 @@ impl Digester {
     /// live keys, a new key matches one of them with a probability of
     /// about `n / 2^64`.
     pub(super) fn digest64(&self, value: &impl Hash) -> u64 {
-        self.low.hash_one(value)
+        self.key.hash_one((LOW, value))
     }
 }
 
