@@ -103,10 +103,16 @@ async fn answer(shared: &Shared, requests: Vec<FinishRequest>) {
         Err(error) => {
             // Every caller gets the error, because a lost connection fails
             // the whole batch and no bound value can be rejected alone.
+            // The driver's error cannot be cloned, so each copy carries its
+            // text as the source.
             let kind = error.kind();
             let message = error.to_string();
+            let cause = std::error::Error::source(&error).map(ToString::to_string);
             for request in requests {
-                let copy = StoreError::new(kind, message.clone());
+                let mut copy = StoreError::new(kind, message.clone());
+                if let Some(cause) = &cause {
+                    copy = copy.with_source(cause.clone());
+                }
                 let _ = request.reply.send(Err(copy));
             }
         }
