@@ -203,11 +203,10 @@ async fn churn(url: &str, messages: usize) {
     println!("churn_messages: {churned} messages");
     println!("churn_time: {:.1} s", elapsed.as_secs_f64());
 
-    // A server process publishes its table statistics at most once a
-    // second. Once idle, it can keep the last of them for up to 10 s, but
-    // it publishes all of them when it exits (`pgstat_report_stat` in
-    // PostgreSQL's pgstat.c, since version 15). Closing the store's
-    // connections makes the figures below count the whole churn.
+    // A server process publishes its table statistics with a delay, and
+    // all of them when its connection closes. A short run read 0 dead
+    // tuples here before this close, so the figures below are read
+    // through a fresh pool after closing the store's connections.
     let schema = store.schema().to_owned();
     let pool = store.pool().clone();
     drop(store);

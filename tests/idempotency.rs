@@ -247,7 +247,7 @@ async fn disconnect_during_claim_still_runs_once() {
     let layer = IdempotencyLayer::required(Arc::new(store));
     let address = serve(app(layer, runs.clone(), Duration::ZERO)).await;
 
-    // The claim is taken at once and answered 300 ms later, so the client
+    // The claim is taken at once but returns 300 ms later, so the client
     // leaves while the layer holds a claim that no handler runs under yet.
     let mut stream = TcpStream::connect(address).await.unwrap();
     let raw = "POST /orders HTTP/1.1\r\nhost: test\r\nidempotency-key: k31\r\n\

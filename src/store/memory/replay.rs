@@ -20,7 +20,7 @@ use crate::store::{ReplayStore, StoreError, StoreErrorKind};
 /// pairs can share a digest: with `n` pairs kept, a fresh nonce is taken
 /// for a replay with a probability of about `n / 2^64`, below 10^-13 at
 /// the default capacity. The sender then gets `401` and signs its retry
-/// afresh, so nothing is lost; a real replay is never let through.
+/// afresh, so nothing is lost. A real replay is never let through.
 ///
 /// Not durable and not shared: a restart forgets every nonce, which reopens
 /// the acceptance window for requests captured in the last `2 x tolerance`,

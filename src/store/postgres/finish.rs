@@ -13,6 +13,7 @@ use std::sync::Arc;
 use sqlx::Row;
 use tokio::sync::{mpsc, oneshot};
 
+use super::row::{lease_lost, strip_nul};
 use super::sql::query;
 use super::writer::next_batch;
 use super::{Shared, query_failed};
@@ -39,8 +40,7 @@ impl FinalState {
             id: lease.id.to_string(),
             token: lease.token.0 as i64,
             state: state.as_str(),
-            // PostgreSQL `text` cannot hold U+0000.
-            error: error.map(|error| error.replace('\0', "")),
+            error: error.map(|error| strip_nul(error).into_owned()),
             status: outcome
                 .as_ref()
                 .map(|outcome| outcome.status.as_u16() as i16),
@@ -50,10 +50,7 @@ impl FinalState {
 
     /// Returns the error for a write whose lease was no longer current.
     fn lease_lost(&self) -> StoreError {
-        StoreError::lease_lost(format!(
-            "lease on message {} with token {} is no longer current",
-            self.id, self.token
-        ))
+        lease_lost(&self.id, self.token as u64)
     }
 }
 

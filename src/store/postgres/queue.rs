@@ -8,7 +8,7 @@ use sqlx::postgres::PgRow;
 use tokio::sync::oneshot;
 
 use super::finish::{FinalState, FinishRequest, finish_alone};
-use super::row::{decode_message, duration_micros, from_micros, to_micros};
+use super::row::{decode_message, duration_micros, from_micros, lease_lost, strip_nul, to_micros};
 use super::sql::query;
 use super::writer::{EncodedMessage, EnqueueRequest, insert_alone};
 use super::{PostgresStore, invalid, query_failed};
@@ -79,7 +79,7 @@ impl MessageQueue for PostgresStore {
             .fetch_optional(&self.shared.pool)
             .await
             .map_err(|error| query_failed("renew a lease", error))?
-            .ok_or_else(|| lease_lost(lease))?;
+            .ok_or_else(|| lease_lost(lease.id, lease.token.0))?;
 
         let expires: i64 = row
             .try_get(0)
@@ -271,7 +271,9 @@ impl PostgresStore {
     /// Checks that a notifying write matched its message, and wakes local
     /// subscribers of the message's queue.
     fn woke_one(&self, rows: &[PgRow], lease: &Lease) -> Result<(), StoreError> {
-        let row = rows.first().ok_or_else(|| lease_lost(lease))?;
+        let row = rows
+            .first()
+            .ok_or_else(|| lease_lost(lease.id, lease.token.0))?;
         self.notify_queue_of(row)
     }
 
@@ -290,20 +292,4 @@ fn decode_claimed(row: &PgRow) -> Result<Claimed, StoreError> {
     let (message, lease) = decode_message(row)?;
     let lease = lease.ok_or_else(|| invalid("claimed message has no lease"))?;
     Ok(Claimed { message, lease })
-}
-
-fn lease_lost(lease: &Lease) -> StoreError {
-    StoreError::lease_lost(format!(
-        "lease on message {} with token {} is no longer current",
-        lease.id, lease.token.0
-    ))
-}
-
-/// Removes U+0000, which PostgreSQL `text` cannot hold, from error text.
-fn strip_nul(text: &str) -> std::borrow::Cow<'_, str> {
-    if text.contains('\0') {
-        text.replace('\0', "").into()
-    } else {
-        text.into()
-    }
 }

@@ -111,3 +111,20 @@ pub(super) fn corrupt(field: &str) -> StoreError {
         format!("invalid {field} in a postgres row"),
     )
 }
+
+/// Returns the error for a write whose lease on message `id` with `token`
+/// is no longer current.
+pub(super) fn lease_lost(id: impl std::fmt::Display, token: u64) -> StoreError {
+    StoreError::lease_lost(format!(
+        "lease on message {id} with token {token} is no longer current"
+    ))
+}
+
+/// Removes U+0000, which PostgreSQL `text` cannot hold, from error text.
+pub(super) fn strip_nul(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains('\0') {
+        text.replace('\0', "").into()
+    } else {
+        text.into()
+    }
+}
