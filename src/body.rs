@@ -5,15 +5,16 @@
 //! requests go on as `Request<Full<Bytes>>`, and responses come back as a
 //! [`ResponseBody`]: either the inner service's body or one the layer made.
 
+use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
-use std::{error, fmt};
+use std::task::{Context, Poll, ready};
+use std::{error, fmt, mem};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use pin_project_lite::pin_project;
 
 use crate::BoxError;
@@ -137,30 +138,71 @@ impl error::Error for CollectError {
 ///
 /// [`CollectError::TooLarge`] for a body longer than `limit`, and
 /// [`CollectError::Read`] when the body fails.
-pub async fn collect_limited<B>(body: B, limit: usize) -> Result<Bytes, CollectError>
+pub fn collect_limited<B>(body: B, limit: usize) -> CollectLimited<B>
 where
     B: Body,
     B::Error: Into<BoxError>,
 {
-    if body.size_hint().lower() > limit as u64 {
-        return Err(CollectError::TooLarge { limit });
+    let too_large = body.size_hint().lower() > limit as u64;
+    CollectLimited {
+        body,
+        limit,
+        too_large,
+        collected: Collected::Empty,
     }
+}
 
-    let mut body = std::pin::pin!(body);
-    let mut collected = Collected::default();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|error| CollectError::Read(error.into()))?;
-        // Trailers carry nothing the layers use.
-        let Ok(mut data) = frame.into_data() else {
-            continue;
-        };
-        let length = data.remaining();
-        if length > limit - collected.len() {
-            return Err(CollectError::TooLarge { limit });
-        }
-        collected.push(data.copy_to_bytes(length));
+pin_project! {
+    /// The future returned by [`collect_limited`].
+    ///
+    /// A named type, so that the layers' own response futures can hold it
+    /// without a box.
+    pub struct CollectLimited<B> {
+        #[pin]
+        body: B,
+        limit: usize,
+        too_large: bool,
+        collected: Collected,
     }
-    Ok(collected.into_bytes())
+}
+
+impl<B> fmt::Debug for CollectLimited<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CollectLimited")
+            .field("limit", &self.limit)
+            .field("read", &self.collected.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B> Future for CollectLimited<B>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    type Output = Result<Bytes, CollectError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let limit = *this.limit;
+        if *this.too_large {
+            return Poll::Ready(Err(CollectError::TooLarge { limit }));
+        }
+
+        while let Some(frame) = ready!(this.body.as_mut().poll_frame(cx)) {
+            let frame = frame.map_err(|error| CollectError::Read(error.into()))?;
+            // Trailers carry nothing the layers use.
+            let Ok(mut data) = frame.into_data() else {
+                continue;
+            };
+            let length = data.remaining();
+            if length > limit - this.collected.len() {
+                return Poll::Ready(Err(CollectError::TooLarge { limit }));
+            }
+            this.collected.push(data.copy_to_bytes(length));
+        }
+        Poll::Ready(Ok(mem::take(this.collected).into_bytes()))
+    }
 }
 
 /// The data frames read so far. Small bodies usually arrive in one frame,
@@ -241,6 +283,8 @@ fn title(status: StatusCode) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    use http_body_util::BodyExt;
+
     use super::*;
 
     #[tokio::test]

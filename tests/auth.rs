@@ -23,6 +23,7 @@ use tower_courier::auth::{
 };
 use tower_courier::body::ResponseBody;
 use tower_courier::clock::ManualClock;
+use tower_courier::store::memory::MemoryReplayStore;
 use tower_courier::store::{ReplayStore, StoreError, StoreErrorKind};
 
 const SECRET: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
@@ -721,6 +722,29 @@ async fn replay_store_failure_is_503() {
     assert_eq!(response.headers()[CONTENT_TYPE], "application/problem+json");
     assert_eq!(server.handler_calls(), 0);
     assert_eq!(server.layer.metrics().store_errors(), 1);
+}
+
+#[tokio::test]
+async fn layers_sharing_a_replay_store_reject_each_others_nonces() {
+    let clock = ManualClock::new(at(NOW));
+    let shared: Arc<dyn ReplayStore> =
+        Arc::new(MemoryReplayStore::with_clock(100, Arc::new(clock.clone())));
+    let replica = |clock: &ManualClock| {
+        let layer = VerifyLayer::new(KeyRing::single(key()))
+            .clock(Arc::new(clock.clone()))
+            .replay_store(shared.clone());
+        Server::with_layer(clock.clone(), layer)
+    };
+    let (first, second) = (replica(&clock), replica(&clock));
+    let draft = Draft::new("POST", "/orders", b"{}");
+
+    let accepted = first.send(draft.request()).await;
+    let replayed = second.send(draft.request()).await;
+
+    assert_eq!(accepted.status(), StatusCode::OK);
+    assert_uniform_401(replayed).await;
+    assert_eq!(second.layer.metrics().rejected(RejectReason::Replayed), 1);
+    assert_eq!(first.handler_calls() + second.handler_calls(), 1);
 }
 
 /// A handler behind the signing layer that returns the header it got.

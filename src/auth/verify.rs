@@ -1,18 +1,20 @@
 //! The server-side layer that verifies `X-Authentication`.
 
-use std::future::{Future, Ready, ready};
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use std::{fmt, mem};
 
 use bytes::Bytes;
-use futures_util::future::{BoxFuture, Either};
+use futures_util::future::BoxFuture;
 use http::header::CONTENT_LENGTH;
+use http::request::Parts;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::Full;
+use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use super::canonical::{DigestHex, SignedParts, path_and_query};
@@ -21,10 +23,10 @@ use super::key::{Key, KeyRing, LookupError};
 use super::rejection::{AuthMetrics, RejectReason, unauthorized};
 use super::{DEFAULT_BODY_LIMIT, HEADER_NAME};
 use crate::BoxError;
-use crate::body::{CollectError, ResponseBody, collect_limited, problem};
+use crate::body::{CollectError, CollectLimited, ResponseBody, collect_limited, problem};
 use crate::clock::{self, SharedClock};
-use crate::store::ReplayStore;
 use crate::store::memory::MemoryReplayStore;
+use crate::store::{ReplayStore, StoreError};
 
 /// The default clock tolerance: 300 seconds in both directions.
 pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
@@ -61,8 +63,7 @@ pub struct VerifyLayer {
 #[derive(Clone)]
 struct Config {
     keys: KeyRing,
-    replay: Arc<dyn ReplayStore>,
-    custom_replay: bool,
+    replay: Replay,
     clock: SharedClock,
     tolerance: Duration,
     body_limit: usize,
@@ -80,8 +81,7 @@ impl VerifyLayer {
         Self {
             config: Config {
                 keys,
-                replay: default_replay_store(&clock),
-                custom_replay: false,
+                replay: Replay::default_for(&clock),
                 clock,
                 tolerance: DEFAULT_TOLERANCE,
                 body_limit: DEFAULT_BODY_LIMIT,
@@ -93,16 +93,15 @@ impl VerifyLayer {
     /// Sets the store of accepted (`kid`, `nonce`) pairs. Defaults to a
     /// [`MemoryReplayStore`]. Replicas of one service must share a store.
     pub fn replay_store(mut self, store: Arc<dyn ReplayStore>) -> Self {
-        self.config.replay = store;
-        self.config.custom_replay = true;
+        self.config.replay = Replay::Custom(store);
         self
     }
 
     /// Sets the clock. Defaults to the system clock. The default replay
     /// store follows this clock too.
     pub fn clock(mut self, clock: SharedClock) -> Self {
-        if !self.config.custom_replay {
-            self.config.replay = default_replay_store(&clock);
+        if let Replay::Default(_) = self.config.replay {
+            self.config.replay = Replay::default_for(&clock);
         }
         self.config.clock = clock;
         self
@@ -130,11 +129,23 @@ impl VerifyLayer {
     }
 }
 
-fn default_replay_store(clock: &SharedClock) -> Arc<dyn ReplayStore> {
-    Arc::new(MemoryReplayStore::with_clock(
-        MemoryReplayStore::DEFAULT_CAPACITY,
-        clock.clone(),
-    ))
+/// The store of accepted (`kid`, `nonce`) pairs.
+#[derive(Clone)]
+enum Replay {
+    /// The layer's own memory store, on the layer's clock. It is called
+    /// directly, without the trait's boxed future, because its insert
+    /// takes a lock and never waits for I/O.
+    Default(Arc<MemoryReplayStore>),
+    Custom(Arc<dyn ReplayStore>),
+}
+
+impl Replay {
+    fn default_for(clock: &SharedClock) -> Self {
+        Self::Default(Arc::new(MemoryReplayStore::with_clock(
+            MemoryReplayStore::DEFAULT_CAPACITY,
+            clock.clone(),
+        )))
+    }
 }
 
 impl fmt::Debug for VerifyLayer {
@@ -149,7 +160,10 @@ impl fmt::Debug for Config {
         // nonce it keeps.
         f.debug_struct("VerifyLayer")
             .field("keys", &self.keys)
-            .field("custom_replay_store", &self.custom_replay)
+            .field(
+                "custom_replay_store",
+                &matches!(self.replay, Replay::Custom(_)),
+            )
             .field("tolerance", &self.tolerance)
             .field("body_limit", &self.body_limit)
             .finish_non_exhaustive()
@@ -202,47 +216,116 @@ impl<S: fmt::Debug> fmt::Debug for Verify<S> {
 
 type VerifyResult<B, E> = Result<Response<ResponseBody<B>>, E>;
 
-type PendingResult<B, E> = BoxFuture<'static, VerifyResult<B, E>>;
-
-/// The response future of [`Verify`].
-pub struct ResponseFuture<B, E> {
-    inner: Either<Ready<VerifyResult<B, E>>, PendingResult<B, E>>,
+pin_project! {
+    /// The response future of [`Verify`].
+    ///
+    /// A state machine of its own rather than a boxed `async` block. That
+    /// box was over a kilobyte, past glibc's per-thread cache, and in an
+    /// in-process profile its allocation took about a tenth of the
+    /// layer's time.
+    pub struct ResponseFuture<S, ReqBody, ResBody>
+    where
+        S: Service<Request<Full<Bytes>>>,
+    {
+        #[pin]
+        state: State<S, ReqBody, ResBody>,
+    }
 }
 
-impl<B, E> fmt::Debug for ResponseFuture<B, E> {
+pin_project! {
+    #[project = StateProj]
+    enum State<S, ReqBody, ResBody>
+    where
+        S: Service<Request<Full<Bytes>>>,
+    {
+        // A response the layer made itself. `None` once taken.
+        Respond {
+            response: Option<Response<ResponseBody<ResBody>>>,
+        },
+        // Reading the body. `pending` is `None` once the body is read.
+        Collect {
+            #[pin]
+            body: CollectLimited<ReqBody>,
+            pending: Option<Pending<S>>,
+        },
+        // Waiting for a replay store other than the default one.
+        Replay {
+            insert: BoxFuture<'static, Result<bool, StoreError>>,
+            pending: Option<(Pending<S>, Bytes)>,
+        },
+        // Calling the inner service.
+        Call {
+            #[pin]
+            future: S::Future,
+        },
+    }
+}
+
+impl<S, ReqBody, ResBody> fmt::Debug for ResponseFuture<S, ReqBody, ResBody>
+where
+    S: Service<Request<Full<Bytes>>>,
+{
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }
 }
 
-impl<B, E> Future for ResponseFuture<B, E> {
-    type Output = VerifyResult<B, E>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.inner).poll(cx)
+impl<S, ReqBody, ResBody> ResponseFuture<S, ReqBody, ResBody>
+where
+    S: Service<Request<Full<Bytes>>>,
+{
+    fn respond(response: Response<ResponseBody<ResBody>>) -> Self {
+        Self {
+            state: respond(response),
+        }
     }
 }
 
-impl<B, E> ResponseFuture<B, E> {
-    fn respond(response: Response<ResponseBody<B>>) -> Self {
-        Self {
-            inner: Either::Left(ready(Ok(response))),
+impl<S, ReqBody, ResBody> Future for ResponseFuture<S, ReqBody, ResBody>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<ResBody>>,
+    ReqBody: Body,
+    ReqBody::Error: Into<BoxError>,
+{
+    type Output = VerifyResult<ResBody, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut state = self.project().state;
+        loop {
+            let step = match state.as_mut().project() {
+                StateProj::Respond { response } => {
+                    let response = response.take().expect("future polled after completion");
+                    return Poll::Ready(Ok(response));
+                }
+                StateProj::Collect { body, pending } => {
+                    let body = ready!(body.poll(cx));
+                    let pending = pending.take().expect("future polled after completion");
+                    pending.check_body(body)
+                }
+                StateProj::Replay { insert, pending } => {
+                    let inserted = ready!(insert.as_mut().poll(cx));
+                    let (pending, bytes) = pending.take().expect("future polled after completion");
+                    pending.finish(inserted, bytes)
+                }
+                StateProj::Call { future } => {
+                    let response = ready!(future.poll(cx))?;
+                    return Poll::Ready(Ok(response.map(ResponseBody::inner)));
+                }
+            };
+            state.set(step);
         }
     }
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Verify<S>
 where
-    S: Service<Request<Full<Bytes>>, Response = Response<ResBody>> + Clone + Send + 'static,
-    S::Future: Send,
-    ReqBody: Body + Send + 'static,
-    ReqBody::Data: Send,
+    S: Service<Request<Full<Bytes>>, Response = Response<ResBody>> + Clone,
+    ReqBody: Body,
     ReqBody::Error: Into<BoxError>,
-    ResBody: Send + 'static,
 {
     type Response = Response<ResponseBody<ResBody>>;
     type Error = S::Error;
-    type Future = ResponseFuture<ResBody, S::Error>;
+    type Future = ResponseFuture<S, ReqBody, ResBody>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -262,9 +345,18 @@ where
         // into the future and keep a fresh clone for the next call.
         let clone = self.inner.clone();
         let inner = mem::replace(&mut self.inner, clone);
-        let config = self.config.clone();
+        let (parts, body) = request.into_parts();
+        let pending = Pending {
+            config: self.config.clone(),
+            checked,
+            parts,
+            inner,
+        };
         ResponseFuture {
-            inner: Either::Right(Box::pin(verify_body(config, checked, request, inner))),
+            state: State::Collect {
+                body: collect_limited(body, self.config.body_limit),
+                pending: Some(pending),
+            },
         }
     }
 }
@@ -274,6 +366,7 @@ where
 struct Checked {
     header: SignatureHeader,
     key: Arc<Key>,
+    now: SystemTime,
     skew: i64,
 }
 
@@ -337,6 +430,7 @@ fn check_header(config: &Config, headers: &HeaderMap) -> Result<Checked, RejectR
     Ok(Checked {
         header,
         key,
+        now,
         skew: saturate(skew),
     })
 }
@@ -369,86 +463,136 @@ fn declared_length(headers: &HeaderMap) -> Option<usize> {
         .map(|length| usize::try_from(length).unwrap_or(usize::MAX))
 }
 
-/// Reads the body up to the limit, checks the signature and the replay
-/// guard, then calls the inner service.
-async fn verify_body<S, ReqBody, ResBody>(
+/// A request whose header passed, on its way through the body checks.
+struct Pending<S> {
     config: Arc<Config>,
     checked: Checked,
-    request: Request<ReqBody>,
-    mut inner: S,
-) -> VerifyResult<ResBody, S::Error>
+    parts: Parts,
+    inner: S,
+}
+
+impl<S> Pending<S>
 where
-    S: Service<Request<Full<Bytes>>, Response = Response<ResBody>>,
-    ReqBody: Body,
-    ReqBody::Error: Into<BoxError>,
+    S: Service<Request<Full<Bytes>>>,
 {
-    let (mut parts, body) = request.into_parts();
-    let bytes = match collect_limited(body, config.body_limit).await {
-        Ok(bytes) => bytes,
-        Err(CollectError::TooLarge { .. }) => return Ok(too_large(&config)),
-        Err(CollectError::Read(error)) => {
-            tracing::debug!(error = %error, "failed to read signed request body");
-            return Ok(problem(
-                StatusCode::BAD_REQUEST,
-                Some("failed to read the request body"),
-            ));
+    /// Checks the signature over the read body, then records the nonce.
+    fn check_body<ReqBody, ResBody>(
+        self,
+        body: Result<Bytes, CollectError>,
+    ) -> State<S, ReqBody, ResBody> {
+        let bytes = match body {
+            Ok(bytes) => bytes,
+            Err(CollectError::TooLarge { .. }) => return respond(too_large(&self.config)),
+            Err(CollectError::Read(error)) => {
+                tracing::debug!(error = %error, "failed to read signed request body");
+                return respond(problem(
+                    StatusCode::BAD_REQUEST,
+                    Some("failed to read the request body"),
+                ));
+            }
+        };
+
+        if !self.signature_matches(&bytes) {
+            return respond(self.reject(RejectReason::BadSignature));
         }
-    };
 
-    let Checked { header, key, skew } = checked;
-    let kid = Some(header.kid());
-    let digest = DigestHex::of(&bytes);
-    let target = path_and_query(&parts.uri);
-    let signed = SignedParts {
-        kid: header.kid(),
-        ts: header.ts(),
-        nonce: header.nonce(),
-        method: parts.method.as_str(),
-        path_and_query: &target,
-        body_digest: digest.as_str(),
-    };
-    if !key.verify_parts(&signed, header.signature()) {
-        return Ok(reject(
-            &config,
-            RejectReason::BadSignature,
-            kid,
-            Some(skew.into()),
-        ));
-    }
-
-    let ttl = config.tolerance.saturating_mul(2);
-    match config
-        .replay
-        .insert(header.kid(), header.nonce(), ttl)
-        .await
-    {
-        Ok(true) => {}
-        Ok(false) => {
-            return Ok(reject(
-                &config,
-                RejectReason::Replayed,
-                kid,
-                Some(skew.into()),
-            ));
+        let header = &self.checked.header;
+        let ttl = self.config.tolerance.saturating_mul(2);
+        match &self.config.replay {
+            // Keeping the pair for `ttl` from the time `ts` was checked
+            // against covers every later time at which the same `ts` would
+            // pass that check again.
+            Replay::Default(store) => {
+                let inserted = store.insert_at(header.kid(), header.nonce(), ttl, self.checked.now);
+                self.finish(inserted, bytes)
+            }
+            Replay::Custom(store) => {
+                let (store, kid, nonce) = (
+                    store.clone(),
+                    header.kid().to_owned(),
+                    header.nonce().to_owned(),
+                );
+                State::Replay {
+                    insert: Box::pin(async move { store.insert(&kid, &nonce, ttl).await }),
+                    pending: Some((self, bytes)),
+                }
+            }
         }
-        Err(error) => return Ok(store_failed(&config, header.kid(), &error)),
     }
 
-    config.metrics.count_accepted();
-    tracing::trace!(
-        kid = header.kid(),
-        skew_secs = skew,
-        "accepted signed request"
-    );
-    if let Some(value) = parts.headers.get_mut(HEADER_NAME) {
-        // Keeps the signature out of `Debug` output and HPACK tables of
-        // the services below.
-        value.set_sensitive(true);
+    fn signature_matches(&self, bytes: &[u8]) -> bool {
+        let header = &self.checked.header;
+        let digest = DigestHex::of(bytes);
+        let target = path_and_query(&self.parts.uri);
+        let signed = SignedParts {
+            kid: header.kid(),
+            ts: header.ts(),
+            nonce: header.nonce(),
+            method: self.parts.method.as_str(),
+            path_and_query: &target,
+            body_digest: digest.as_str(),
+        };
+        self.checked.key.verify_parts(&signed, header.signature())
     }
-    parts.extensions.insert(key.id().clone());
-    let request = Request::from_parts(parts, Full::new(bytes));
-    let response = inner.call(request).await?;
-    Ok(response.map(ResponseBody::inner))
+
+    /// Rejects a replay or a store failure, or else calls the inner
+    /// service with the key id in the request's extensions.
+    fn finish<ReqBody, ResBody>(
+        self,
+        inserted: Result<bool, StoreError>,
+        bytes: Bytes,
+    ) -> State<S, ReqBody, ResBody> {
+        match inserted {
+            Ok(true) => {}
+            Ok(false) => return respond(self.reject(RejectReason::Replayed)),
+            Err(error) => {
+                return respond(store_failed(
+                    &self.config,
+                    self.checked.header.kid(),
+                    &error,
+                ));
+            }
+        }
+
+        let Self {
+            config,
+            checked,
+            mut parts,
+            mut inner,
+        } = self;
+        config.metrics.count_accepted();
+        tracing::trace!(
+            kid = checked.header.kid(),
+            skew_secs = checked.skew,
+            "accepted signed request"
+        );
+        if let Some(value) = parts.headers.get_mut(HEADER_NAME) {
+            // Keeps the signature out of `Debug` output and HPACK tables of
+            // the services below.
+            value.set_sensitive(true);
+        }
+        parts.extensions.insert(checked.key.id().clone());
+        let request = Request::from_parts(parts, Full::new(bytes));
+        State::Call {
+            future: inner.call(request),
+        }
+    }
+
+    fn reject<B>(&self, reason: RejectReason) -> Response<ResponseBody<B>> {
+        let kid = Some(self.checked.header.kid());
+        reject(&self.config, reason, kid, Some(self.checked.skew.into()))
+    }
+}
+
+fn respond<S, ReqBody, ResBody>(
+    response: Response<ResponseBody<ResBody>>,
+) -> State<S, ReqBody, ResBody>
+where
+    S: Service<Request<Full<Bytes>>>,
+{
+    State::Respond {
+        response: Some(response),
+    }
 }
 
 /// Counts and logs a rejection, and returns its reason.
@@ -492,11 +636,7 @@ fn too_large<B>(config: &Config) -> Response<ResponseBody<B>> {
     problem(StatusCode::PAYLOAD_TOO_LARGE, Some(&detail))
 }
 
-fn store_failed<B>(
-    config: &Config,
-    kid: &str,
-    error: &crate::store::StoreError,
-) -> Response<ResponseBody<B>> {
+fn store_failed<B>(config: &Config, kid: &str, error: &StoreError) -> Response<ResponseBody<B>> {
     config.metrics.count_store_error();
     tracing::warn!(
         kid,
