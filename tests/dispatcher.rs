@@ -234,29 +234,80 @@ async fn enqueue_wakes_idle_dispatcher() {
     assert_eq!(receiver.count(), 1);
 }
 
+/// A receiver that delays every response until more requests are open at
+/// once than one dispatcher sends at once, so a test can tell that two
+/// dispatchers both took part. After `timeout` it responds anyway.
+struct GatedReceiver {
+    addr: std::net::SocketAddr,
+    keys: Arc<std::sync::Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl GatedReceiver {
+    async fn start(open_before_answering: usize, timeout: Duration) -> Self {
+        let keys: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+        let arrived = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let log = keys.clone();
+        let handler = move |request: axum::extract::Request| {
+            let (log, arrived, gate) = (log.clone(), arrived.clone(), gate.clone());
+            async move {
+                let key = request.headers()["idempotency-key"].to_str().unwrap();
+                log.lock().unwrap().push(key.to_owned());
+
+                // Made before counting, so a notification between the two
+                // steps still reaches it.
+                let opened = gate.notified();
+                let count = arrived.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                if count >= open_before_answering {
+                    gate.notify_waiters();
+                } else {
+                    let _ = tokio::time::timeout(timeout, opened).await;
+                }
+                http::StatusCode::OK
+            }
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = axum::Router::new().fallback(handler);
+        let task = tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        Self { addr, keys, task }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for GatedReceiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_dispatchers_deliver_each_once() {
+    const CONCURRENCY: usize = 16;
     let dir = tempfile::tempdir().unwrap();
     let store = sqlite_store(&dir).await;
-    let receiver = Receiver::start(always(200)).await;
+    // One dispatcher has at most 16 requests open, so the 17th comes from
+    // the other one, and only then does the receiver respond.
+    let receiver = GatedReceiver::start(CONCURRENCY + 1, Duration::from_secs(20)).await;
     let messages: Vec<_> = (0..500)
-        .map(|n| message(&receiver.url(""), &n.to_string()))
+        .map(|n| message(&receiver.url(), &n.to_string()))
         .collect();
     store.enqueue(messages).await.unwrap();
 
     let other = sqlite_store(&dir).await;
-    // NOTE: once, with the machine's load average near 10, four messages
-    // were still undelivered after 20 s; the cause was not found. A short
-    // lease and a 60 s wait let a claim whose messages never started be
-    // taken over, and the checks below still require one delivery each.
-    let first = dispatcher(store.clone())
-        .lease(Duration::from_secs(5))
-        .batch_size(16)
-        .spawn();
-    let second = dispatcher(other)
-        .lease(Duration::from_secs(5))
-        .batch_size(16)
-        .spawn();
+    let spawn = |store| {
+        dispatcher(store)
+            .lease(Duration::from_secs(30))
+            .attempt_timeout(Duration::from_secs(30))
+            .batch_size(CONCURRENCY)
+            .concurrency(CONCURRENCY)
+            .spawn()
+    };
+    let (first, second) = (spawn(store.clone()), spawn(other));
     for _ in 0..1200 {
         if store.counts("outbox").await.unwrap().succeeded == 500 {
             break;
@@ -268,10 +319,8 @@ async fn two_dispatchers_deliver_each_once() {
     second.shutdown().await;
 
     let mut per_key: HashMap<String, usize> = HashMap::new();
-    for request in receiver.received() {
-        *per_key
-            .entry(request.header("idempotency-key").unwrap())
-            .or_default() += 1;
+    for key in receiver.keys.lock().unwrap().iter() {
+        *per_key.entry(key.clone()).or_default() += 1;
     }
     assert_eq!(per_key.len(), 500);
     assert!(
