@@ -28,11 +28,17 @@
 //! commands this run delivered inline in optimistic mode (which the outbox
 //! never stores). A run killed at any point leaves its stored commands to
 //! the next run on the same store: `--count 0 --drain` finishes them.
+//!
+//! The exit status is 0 when `dead` is 0, and 2 when the outbox contains
+//! commands that were dead-lettered, failed or rejected, so that a script
+//! notices them. Errors (an unreadable key file, a store that cannot be
+//! opened) exit with 1.
 
 mod common;
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -103,7 +109,7 @@ struct Summary {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), BoxError> {
+async fn main() -> Result<ExitCode, BoxError> {
     common::init_logging();
     let options = Options::parse();
     let keys = common::read_keys(&options.keys, options.kid.as_deref())?;
@@ -130,8 +136,16 @@ async fn main() -> Result<(), BoxError> {
         dispatcher.shutdown().await;
     }
     let counts = queue.counts(QUEUE).await?;
-    print_summary(&options, &enqueued, &counts);
-    Ok(())
+    let summary = print_summary(&options, &enqueued, &counts);
+    if summary.dead > 0 {
+        eprintln!(
+            "{} commands were not delivered and will not be retried; \
+             inspect the dead-lettered messages in the store",
+            summary.dead
+        );
+        return Ok(ExitCode::from(2));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Creates the `--count` commands and hands each to the outbox.
@@ -204,8 +218,8 @@ async fn drain(queue: &dyn MessageQueue, dispatcher: &WorkerHandle) -> Result<()
     }
 }
 
-/// Prints the JSON summary as the last line on stdout.
-fn print_summary(options: &Options, enqueued: &Enqueued, counts: &QueueCounts) {
+/// Prints the JSON summary as the last line on stdout, and returns it.
+fn print_summary(options: &Options, enqueued: &Enqueued, counts: &QueueCounts) -> Summary {
     let inline = enqueued.delivered_inline.load(Ordering::Relaxed);
     let rejected = enqueued.rejected_inline.load(Ordering::Relaxed);
     let summary = Summary {
@@ -221,6 +235,7 @@ fn print_summary(options: &Options, enqueued: &Enqueued, counts: &QueueCounts) {
     );
     let line = serde_json::to_string(&summary).expect("a struct of numbers serializes");
     println!("{line}");
+    summary
 }
 
 /// Accepts an `http://` base URL with a host.
