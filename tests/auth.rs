@@ -16,7 +16,7 @@ use http::header::{CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Full};
-use tower::{ServiceBuilder, ServiceExt, service_fn};
+use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
 use tower_courier::BoxError;
 use tower_courier::auth::{
     Key, KeyId, KeyRing, RejectReason, SignError, SignLayer, SignedParts, VerifyLayer, body_digest,
@@ -931,4 +931,25 @@ fn documented_key_file_parses() {
 
     assert_eq!(ring.signing_key().kid(), "orders-2026-12");
     assert!(ring.get("orders-2026-06").is_some());
+}
+
+#[test]
+#[should_panic(expected = "polled after completion")]
+fn response_future_polled_after_completion_panics() {
+    use futures_util::FutureExt;
+
+    // `Fuse` returns `Pending` forever once it has completed, so only the
+    // verifying future itself can report the second poll.
+    let handler = service_fn(|_: Request<Full<Bytes>>| {
+        std::future::ready(Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))).fuse()
+    });
+    let layer = VerifyLayer::new(KeyRing::single(key())).clock(Arc::new(ManualClock::new(at(NOW))));
+    let mut service = ServiceBuilder::new().layer(layer).service(handler);
+    let mut future = std::pin::pin!(service.call(Draft::new("GET", "/", b"").request()));
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+
+    let first = future.as_mut().poll(&mut cx);
+    assert!(matches!(first, Poll::Ready(Ok(ref response)) if response.status() == StatusCode::OK));
+
+    let _ = future.as_mut().poll(&mut cx);
 }

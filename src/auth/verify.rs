@@ -238,7 +238,8 @@ pin_project! {
     where
         S: Service<Request<Full<Bytes>>>,
     {
-        // A response the layer made itself. `None` once taken.
+        // A response the layer made itself. `None` once any response has
+        // been returned.
         Respond {
             response: Option<Response<ResponseBody<ResBody>>>,
         },
@@ -294,7 +295,9 @@ where
         loop {
             let step = match state.as_mut().project() {
                 StateProj::Respond { response } => {
-                    let response = response.take().expect("future polled after completion");
+                    let response = response
+                        .take()
+                        .expect("`ResponseFuture` polled after completion");
                     return Poll::Ready(Ok(response));
                 }
                 StateProj::Collect { body, pending } => {
@@ -308,8 +311,12 @@ where
                     pending.finish(inserted, bytes)
                 }
                 StateProj::Call { future } => {
-                    let response = ready!(future.poll(cx))?;
-                    return Poll::Ready(Ok(response.map(ResponseBody::inner)));
+                    // A finished inner future is not polled again, because
+                    // some return `Pending` forever then. An empty `Respond`
+                    // panics on the next poll instead.
+                    let output = ready!(future.poll(cx));
+                    state.set(State::Respond { response: None });
+                    return Poll::Ready(output.map(|response| response.map(ResponseBody::inner)));
                 }
             };
             state.set(step);
