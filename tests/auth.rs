@@ -933,6 +933,19 @@ fn documented_key_file_parses() {
     assert!(ring.get("orders-2026-06").is_some());
 }
 
+#[tokio::test]
+async fn clock_before_1970_checks_the_window() {
+    let server = Server::new();
+    server.clock.set(UNIX_EPOCH - Duration::from_secs(86_400));
+
+    let response = server
+        .send(Draft::new("GET", "/", b"").ts(1).request())
+        .await;
+
+    assert_uniform_401(response).await;
+    assert_eq!(server.layer.metrics().rejected(RejectReason::FromFuture), 1);
+}
+
 #[test]
 #[should_panic(expected = "polled after completion")]
 fn response_future_polled_after_completion_panics() {

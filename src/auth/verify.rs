@@ -442,17 +442,29 @@ fn check_header(config: &Config, headers: &HeaderMap) -> Result<Checked, RejectR
     })
 }
 
-/// Returns whole seconds since the Unix epoch, 0 for an earlier time.
-fn unix_seconds(now: SystemTime) -> u64 {
-    now.duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_secs())
+/// Returns whole seconds since the Unix epoch, rounded down, so negative
+/// before it. A clock set before 1970 must not read as the epoch itself,
+/// where every `ts` up to the tolerance would pass.
+fn unix_seconds(now: SystemTime) -> i128 {
+    match now.duration_since(UNIX_EPOCH) {
+        Ok(after) => i128::from(after.as_secs()),
+        Err(before) => {
+            let before = before.duration();
+            let whole = i128::from(before.as_secs());
+            if before.subsec_nanos() == 0 {
+                -whole
+            } else {
+                -whole - 1
+            }
+        }
+    }
 }
 
 /// Returns `now - ts` in seconds: positive for a request from the past.
 /// Both fit in `i128` with room to spare, so the difference cannot
 /// overflow.
-fn clock_skew(now: u64, ts: u64) -> i128 {
-    i128::from(now) - i128::from(ts)
+fn clock_skew(now: i128, ts: u64) -> i128 {
+    now - i128::from(ts)
 }
 
 fn saturate(skew: i128) -> i64 {
@@ -660,7 +672,29 @@ mod tests {
     #[test]
     fn skew_is_exact_at_the_extremes() {
         assert_eq!(clock_skew(0, 99_999_999_999), -99_999_999_999);
-        assert_eq!(clock_skew(u64::MAX, 1), i128::from(u64::MAX) - 1);
+        assert_eq!(
+            clock_skew(i128::from(u64::MAX), 1),
+            i128::from(u64::MAX) - 1
+        );
+        assert_eq!(
+            clock_skew(-i128::from(u64::MAX), 99_999_999_999),
+            -i128::from(u64::MAX) - 99_999_999_999
+        );
         assert_eq!(saturate(i128::from(u64::MAX)), i64::MAX);
+    }
+
+    #[test]
+    fn unix_seconds_round_down_before_1970() {
+        let cases = [
+            (UNIX_EPOCH, 0),
+            (UNIX_EPOCH + Duration::from_millis(1_500), 1),
+            (UNIX_EPOCH - Duration::from_millis(500), -1),
+            (UNIX_EPOCH - Duration::from_secs(2), -2),
+            (UNIX_EPOCH - Duration::from_millis(2_001), -3),
+        ];
+
+        for (time, seconds) in cases {
+            assert_eq!(unix_seconds(time), seconds, "{time:?}");
+        }
     }
 }
