@@ -934,6 +934,63 @@ fn documented_key_file_parses() {
 }
 
 #[tokio::test]
+async fn replay_at_window_edge_is_rejected() {
+    // A sender 300 s ahead signs `ts = NOW + 300`. That `ts` passes the
+    // check until NOW + 600 inclusive, or until just before NOW + 601
+    // counting in whole seconds, so the nonce must be kept that long.
+    for start in [at(NOW), at(NOW) + Duration::from_millis(500)] {
+        let server = Server::new();
+        server.clock.set(start);
+        let draft = Draft::new("POST", "/orders", b"{}").ts(NOW + 300);
+        assert_eq!(server.send(draft.request()).await.status(), StatusCode::OK);
+
+        for late in [at(NOW + 600), at(NOW + 600) + Duration::from_millis(999)] {
+            server.clock.set(late);
+            assert_uniform_401(server.send(draft.request()).await).await;
+        }
+
+        assert_eq!(server.layer.metrics().rejected(RejectReason::Replayed), 2);
+        assert_eq!(server.handler_calls(), 1);
+    }
+}
+
+/// A replay store that accepts every pair and records the time to live
+/// it was asked for.
+#[derive(Debug, Default)]
+struct RecordingStore {
+    ttls: std::sync::Mutex<Vec<Duration>>,
+}
+
+#[async_trait]
+impl ReplayStore for RecordingStore {
+    async fn insert(&self, _kid: &str, _nonce: &str, ttl: Duration) -> Result<bool, StoreError> {
+        self.ttls.lock().unwrap().push(ttl);
+        Ok(true)
+    }
+}
+
+#[tokio::test]
+async fn custom_store_keeps_nonce_past_the_window() {
+    let clock = ManualClock::new(at(NOW));
+    let store = Arc::new(RecordingStore::default());
+    let layer = VerifyLayer::new(KeyRing::single(key()))
+        .clock(Arc::new(clock.clone()))
+        .replay_store(store.clone());
+    let server = Server::with_layer(clock, layer);
+
+    for ts in [NOW - 300, NOW, NOW + 300] {
+        let response = server
+            .send(Draft::new("GET", "/", b"").ts(ts).request())
+            .await;
+        assert_eq!(response.status(), StatusCode::OK, "ts {ts}");
+    }
+
+    let ttls = store.ttls.lock().unwrap().clone();
+    let expected = [600, 600, 601].map(Duration::from_secs);
+    assert_eq!(ttls, expected);
+}
+
+#[tokio::test]
 async fn clock_before_1970_checks_the_window() {
     let server = Server::new();
     server.clock.set(UNIX_EPOCH - Duration::from_secs(86_400));

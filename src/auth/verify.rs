@@ -109,7 +109,8 @@ impl VerifyLayer {
 
     /// Sets how far `ts` may be from the receiver's clock, in either
     /// direction, counted in whole seconds. Defaults to 300 seconds
-    /// ([`DEFAULT_TOLERANCE`]). Nonces are kept for twice this time.
+    /// ([`DEFAULT_TOLERANCE`]). Nonces are kept for at least twice this
+    /// time, and until their `ts` is out of the window.
     pub fn tolerance(mut self, tolerance: Duration) -> Self {
         self.config.tolerance = tolerance;
         self
@@ -516,11 +517,10 @@ where
         }
 
         let header = &self.checked.header;
-        let ttl = self.config.tolerance.saturating_mul(2);
+        let ttl = self.replay_ttl();
         match &self.config.replay {
-            // Keeping the pair for `ttl` from the time `ts` was checked
-            // against covers every later time at which the same `ts` would
-            // pass that check again.
+            // The memory store counts `ttl` from the time `ts` was checked,
+            // and a custom store from its own insert, which comes later.
             Replay::Default(store) => {
                 let inserted = store.insert_at(header.kid(), header.nonce(), ttl, self.checked.now);
                 self.finish(inserted, bytes)
@@ -537,6 +537,31 @@ where
                 }
             }
         }
+    }
+
+    /// Returns how long to keep the (`kid`, `nonce`) pair from the time
+    /// `ts` was checked: `2 x tolerance`, and longer if `ts` would still
+    /// pass the check after that.
+    ///
+    /// The check compares whole seconds, so `ts` passes until just before
+    /// `ts + tolerance + 1`. A `ts` up to `tolerance` ahead of the check
+    /// time therefore passes for up to `2 x tolerance + 1` seconds.
+    fn replay_ttl(&self) -> Duration {
+        let kept = self.config.tolerance.saturating_mul(2);
+        let window_end = self
+            .checked
+            .header
+            .timestamp()
+            .checked_add(self.config.tolerance.as_secs())
+            .and_then(|seconds| seconds.checked_add(1))
+            .and_then(|seconds| UNIX_EPOCH.checked_add(Duration::from_secs(seconds)));
+        let until_window_end = match window_end {
+            Some(end) => end
+                .duration_since(self.checked.now)
+                .unwrap_or(Duration::ZERO),
+            None => Duration::MAX,
+        };
+        kept.max(until_window_end)
     }
 
     fn signature_matches(&self, bytes: &[u8]) -> bool {
