@@ -1023,3 +1023,191 @@ fn response_future_polled_after_completion_panics() {
 
     let _ = future.as_mut().poll(&mut cx);
 }
+
+/// One step of a [`ScriptedBody`].
+enum Step {
+    Data(&'static [u8]),
+    /// `Pending`, with the task woken at once.
+    Pending,
+    /// `Pending` without a wake-up: the peer stalls.
+    Stall,
+    Error,
+}
+
+/// A request body that plays its steps in order, then ends.
+struct ScriptedBody(std::collections::VecDeque<Step>);
+
+impl ScriptedBody {
+    fn new(steps: impl IntoIterator<Item = Step>) -> Self {
+        Self(steps.into_iter().collect())
+    }
+}
+
+impl Body for ScriptedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.0.pop_front() {
+            None => Poll::Ready(None),
+            Some(Step::Data(bytes)) => {
+                Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(bytes)))))
+            }
+            Some(Step::Pending) => {
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            Some(Step::Stall) => {
+                self.0.push_front(Step::Stall);
+                Poll::Pending
+            }
+            Some(Step::Error) => Poll::Ready(Some(Err("connection reset".into()))),
+        }
+    }
+}
+
+fn scripted_request(draft: &Draft, steps: impl IntoIterator<Item = Step>) -> Request<ScriptedBody> {
+    Request::post(draft.target.as_str())
+        .header("X-Authentication", draft.header())
+        .body(ScriptedBody::new(steps))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn body_pending_between_chunks_is_collected() {
+    let server = Server::new();
+    let draft = Draft::new("POST", "/orders", b"{\"qty\":12}");
+    let steps = [
+        Step::Pending,
+        Step::Data(b"{\"qty\""),
+        Step::Pending,
+        Step::Pending,
+        Step::Data(b":12}"),
+        Step::Pending,
+    ];
+
+    let response = server.send(scripted_request(&draft, steps)).await;
+
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(body_text(response).await, "orders {\"qty\":12}");
+}
+
+#[tokio::test]
+async fn body_failing_midway_keeps_the_nonce_unused() {
+    let server = Server::new();
+    let draft = Draft::new("POST", "/orders", b"{\"qty\":12}");
+
+    let failed = server
+        .send(scripted_request(
+            &draft,
+            [Step::Data(b"{\"qty\""), Step::Error],
+        ))
+        .await;
+    assert_eq!(failed.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(failed.headers()[CONTENT_TYPE], "application/problem+json");
+    assert_eq!(server.handler_calls(), 0);
+
+    // The sender's retry of the same signed request still goes through.
+    assert_eq!(server.send(draft.request()).await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn future_dropped_midbody_keeps_the_nonce_unused() {
+    let server = Server::new();
+    let draft = Draft::new("POST", "/orders", b"{}");
+    let stalled = server.send(scripted_request(&draft, [Step::Data(b"{"), Step::Stall]));
+
+    let timed_out = tokio::time::timeout(Duration::from_millis(50), stalled).await;
+
+    assert!(timed_out.is_err(), "a stalled body completed");
+    assert_eq!(server.send(draft.request()).await.status(), StatusCode::OK);
+    assert_eq!(server.handler_calls(), 1);
+}
+
+/// A replay store that makes its caller wait a few polls before it calls
+/// a memory store.
+#[derive(Debug)]
+struct SlowStore(MemoryReplayStore);
+
+#[async_trait]
+impl ReplayStore for SlowStore {
+    async fn insert(&self, kid: &str, nonce: &str, ttl: Duration) -> Result<bool, StoreError> {
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+        self.0.insert(kid, nonce, ttl).await
+    }
+}
+
+#[tokio::test]
+async fn slow_custom_store_still_guards_replays() {
+    let clock = ManualClock::new(at(NOW));
+    let store = SlowStore(MemoryReplayStore::with_clock(10, Arc::new(clock.clone())));
+    let layer = VerifyLayer::new(KeyRing::single(key()))
+        .clock(Arc::new(clock.clone()))
+        .replay_store(Arc::new(store));
+    let server = Server::with_layer(clock, layer);
+    let draft = Draft::new("POST", "/orders", b"{}");
+
+    let first = server.send(draft.request()).await;
+    let replay = server.send(draft.request()).await;
+
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_uniform_401(replay).await;
+    assert_eq!(server.handler_calls(), 1);
+}
+
+#[tokio::test]
+async fn full_replay_store_rejects_with_503() {
+    let clock = ManualClock::new(at(NOW));
+    let store = MemoryReplayStore::with_clock(1, Arc::new(clock.clone()));
+    let layer = VerifyLayer::new(KeyRing::single(key()))
+        .clock(Arc::new(clock.clone()))
+        .replay_store(Arc::new(store));
+    let server = Server::with_layer(clock, layer);
+    let first = Draft::new("POST", "/orders", b"{}");
+
+    assert_eq!(server.send(first.request()).await.status(), StatusCode::OK);
+    let second = server
+        .send(Draft::new("POST", "/orders", b"{}").request())
+        .await;
+    let replay = server.send(first.request()).await;
+
+    assert_eq!(second.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_uniform_401(replay).await;
+    assert_eq!(server.layer.metrics().store_errors(), 1);
+}
+
+#[tokio::test]
+async fn inner_service_error_is_passed_through() {
+    let layer = VerifyLayer::new(KeyRing::single(key())).clock(Arc::new(ManualClock::new(at(NOW))));
+    let failing = service_fn(|_: Request<Full<Bytes>>| async {
+        Err::<Response<Full<Bytes>>, BoxError>("handler failed".into())
+    });
+    let service = ServiceBuilder::new().layer(layer).service(failing);
+
+    let error = service
+        .oneshot(Draft::new("GET", "/", b"").request())
+        .await
+        .unwrap_err();
+
+    assert_eq!(error.to_string(), "handler failed");
+}
+
+#[tokio::test]
+async fn inner_service_panic_reaches_the_caller() {
+    let layer = VerifyLayer::new(KeyRing::single(key())).clock(Arc::new(ManualClock::new(at(NOW))));
+    let panicking = service_fn(|_: Request<Full<Bytes>>| async {
+        panic!("handler panicked");
+        #[allow(unreachable_code)]
+        Ok::<Response<Full<Bytes>>, Infallible>(Response::new(Full::new(Bytes::new())))
+    });
+    let service = ServiceBuilder::new().layer(layer).service(panicking);
+
+    let task = tokio::spawn(service.oneshot(Draft::new("GET", "/", b"").request()));
+
+    assert!(task.await.unwrap_err().is_panic());
+}
