@@ -143,11 +143,15 @@ where
     B: Body,
     B::Error: Into<BoxError>,
 {
-    let too_large = body.size_hint().lower() > limit as u64;
+    let phase = if body.size_hint().lower() > limit as u64 {
+        Phase::TooLarge
+    } else {
+        Phase::Reading
+    };
     CollectLimited {
         body,
         limit,
-        too_large,
+        phase,
         collected: Collected::Empty,
     }
 }
@@ -161,9 +165,18 @@ pin_project! {
         #[pin]
         body: B,
         limit: usize,
-        too_large: bool,
+        phase: Phase,
         collected: Collected,
     }
+}
+
+/// The progress of a [`CollectLimited`] future.
+enum Phase {
+    Reading,
+    /// The size hint is over the limit, so nothing is read.
+    TooLarge,
+    /// The output has been returned.
+    Done,
 }
 
 impl<B> fmt::Debug for CollectLimited<B> {
@@ -183,26 +196,43 @@ where
     type Output = Result<Bytes, CollectError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
+        let this = self.project();
         let limit = *this.limit;
-        if *this.too_large {
+        let output = match this.phase {
+            Phase::Reading => ready!(read_frames(this.body, this.collected, limit, cx)),
+            Phase::TooLarge => Err(CollectError::TooLarge { limit }),
+            Phase::Done => panic!("`CollectLimited` polled after completion"),
+        };
+        *this.phase = Phase::Done;
+        Poll::Ready(output)
+    }
+}
+
+/// Reads frames into `collected` until the body ends, fails or passes
+/// `limit`.
+fn read_frames<B>(
+    mut body: Pin<&mut B>,
+    collected: &mut Collected,
+    limit: usize,
+    cx: &mut Context<'_>,
+) -> Poll<Result<Bytes, CollectError>>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    while let Some(frame) = ready!(body.as_mut().poll_frame(cx)) {
+        let frame = frame.map_err(|error| CollectError::Read(error.into()))?;
+        // Trailers carry nothing the layers use.
+        let Ok(mut data) = frame.into_data() else {
+            continue;
+        };
+        let length = data.remaining();
+        if length > limit - collected.len() {
             return Poll::Ready(Err(CollectError::TooLarge { limit }));
         }
-
-        while let Some(frame) = ready!(this.body.as_mut().poll_frame(cx)) {
-            let frame = frame.map_err(|error| CollectError::Read(error.into()))?;
-            // Trailers carry nothing the layers use.
-            let Ok(mut data) = frame.into_data() else {
-                continue;
-            };
-            let length = data.remaining();
-            if length > limit - this.collected.len() {
-                return Poll::Ready(Err(CollectError::TooLarge { limit }));
-            }
-            this.collected.push(data.copy_to_bytes(length));
-        }
-        Poll::Ready(Ok(mem::take(this.collected).into_bytes()))
+        collected.push(data.copy_to_bytes(length));
     }
+    Poll::Ready(Ok(mem::take(collected).into_bytes()))
 }
 
 /// The data frames read so far. Small bodies usually arrive in one frame,
@@ -303,6 +333,18 @@ mod tests {
             .unwrap_err();
 
         assert!(matches!(error, CollectError::TooLarge { limit: 5 }));
+    }
+
+    #[test]
+    #[should_panic(expected = "polled after completion")]
+    fn collect_limited_polled_after_completion_panics() {
+        let mut future = std::pin::pin!(collect_limited(Full::new(Bytes::from_static(b"hi")), 5));
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+
+        let first = future.as_mut().poll(&mut cx);
+        assert!(matches!(first, Poll::Ready(Ok(ref bytes)) if bytes == "hi"));
+
+        let _ = future.as_mut().poll(&mut cx);
     }
 
     #[tokio::test]

@@ -16,7 +16,7 @@ use http::header::{CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Full};
-use tower::{ServiceBuilder, ServiceExt, service_fn};
+use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
 use tower_courier::BoxError;
 use tower_courier::auth::{
     Key, KeyId, KeyRing, RejectReason, SignError, SignLayer, SignedParts, VerifyLayer, body_digest,
@@ -931,4 +931,283 @@ fn documented_key_file_parses() {
 
     assert_eq!(ring.signing_key().kid(), "orders-2026-12");
     assert!(ring.get("orders-2026-06").is_some());
+}
+
+#[tokio::test]
+async fn replay_at_window_edge_is_rejected() {
+    // A sender 300 s ahead signs `ts = NOW + 300`. That `ts` passes the
+    // check until NOW + 600 inclusive, or until just before NOW + 601
+    // counting in whole seconds, so the nonce must be kept that long.
+    for start in [at(NOW), at(NOW) + Duration::from_millis(500)] {
+        let server = Server::new();
+        server.clock.set(start);
+        let draft = Draft::new("POST", "/orders", b"{}").ts(NOW + 300);
+        assert_eq!(server.send(draft.request()).await.status(), StatusCode::OK);
+
+        for late in [at(NOW + 600), at(NOW + 600) + Duration::from_millis(999)] {
+            server.clock.set(late);
+            assert_uniform_401(server.send(draft.request()).await).await;
+        }
+
+        assert_eq!(server.layer.metrics().rejected(RejectReason::Replayed), 2);
+        assert_eq!(server.handler_calls(), 1);
+    }
+}
+
+/// A replay store that accepts every pair and records the time to live
+/// it was asked for.
+#[derive(Debug, Default)]
+struct RecordingStore {
+    ttls: std::sync::Mutex<Vec<Duration>>,
+}
+
+#[async_trait]
+impl ReplayStore for RecordingStore {
+    async fn insert(&self, _kid: &str, _nonce: &str, ttl: Duration) -> Result<bool, StoreError> {
+        self.ttls.lock().unwrap().push(ttl);
+        Ok(true)
+    }
+}
+
+#[tokio::test]
+async fn custom_store_keeps_nonce_past_the_window() {
+    let clock = ManualClock::new(at(NOW));
+    let store = Arc::new(RecordingStore::default());
+    let layer = VerifyLayer::new(KeyRing::single(key()))
+        .clock(Arc::new(clock.clone()))
+        .replay_store(store.clone());
+    let server = Server::with_layer(clock, layer);
+
+    for ts in [NOW - 300, NOW, NOW + 300] {
+        let response = server
+            .send(Draft::new("GET", "/", b"").ts(ts).request())
+            .await;
+        assert_eq!(response.status(), StatusCode::OK, "ts {ts}");
+    }
+
+    let ttls = store.ttls.lock().unwrap().clone();
+    let expected = [600, 600, 601].map(Duration::from_secs);
+    assert_eq!(ttls, expected);
+}
+
+#[tokio::test]
+async fn clock_before_1970_checks_the_window() {
+    let server = Server::new();
+    server.clock.set(UNIX_EPOCH - Duration::from_secs(86_400));
+
+    let response = server
+        .send(Draft::new("GET", "/", b"").ts(1).request())
+        .await;
+
+    assert_uniform_401(response).await;
+    assert_eq!(server.layer.metrics().rejected(RejectReason::FromFuture), 1);
+}
+
+#[test]
+#[should_panic(expected = "polled after completion")]
+fn response_future_polled_after_completion_panics() {
+    use futures_util::FutureExt;
+
+    // `Fuse` returns `Pending` forever once it has completed, so only the
+    // verifying future itself can report the second poll.
+    let handler = service_fn(|_: Request<Full<Bytes>>| {
+        std::future::ready(Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))).fuse()
+    });
+    let layer = VerifyLayer::new(KeyRing::single(key())).clock(Arc::new(ManualClock::new(at(NOW))));
+    let mut service = ServiceBuilder::new().layer(layer).service(handler);
+    let mut future = std::pin::pin!(service.call(Draft::new("GET", "/", b"").request()));
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+
+    let first = future.as_mut().poll(&mut cx);
+    assert!(matches!(first, Poll::Ready(Ok(ref response)) if response.status() == StatusCode::OK));
+
+    let _ = future.as_mut().poll(&mut cx);
+}
+
+/// One step of a [`ScriptedBody`].
+enum Step {
+    Data(&'static [u8]),
+    /// `Pending`, with the task woken at once.
+    Pending,
+    /// `Pending` without a wake-up: the peer stalls.
+    Stall,
+    Error,
+}
+
+/// A request body that plays its steps in order, then ends.
+struct ScriptedBody(std::collections::VecDeque<Step>);
+
+impl ScriptedBody {
+    fn new(steps: impl IntoIterator<Item = Step>) -> Self {
+        Self(steps.into_iter().collect())
+    }
+}
+
+impl Body for ScriptedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.0.pop_front() {
+            None => Poll::Ready(None),
+            Some(Step::Data(bytes)) => {
+                Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(bytes)))))
+            }
+            Some(Step::Pending) => {
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            Some(Step::Stall) => {
+                self.0.push_front(Step::Stall);
+                Poll::Pending
+            }
+            Some(Step::Error) => Poll::Ready(Some(Err("connection reset".into()))),
+        }
+    }
+}
+
+fn scripted_request(draft: &Draft, steps: impl IntoIterator<Item = Step>) -> Request<ScriptedBody> {
+    Request::post(draft.target.as_str())
+        .header("X-Authentication", draft.header())
+        .body(ScriptedBody::new(steps))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn body_pending_between_chunks_is_collected() {
+    let server = Server::new();
+    let draft = Draft::new("POST", "/orders", b"{\"qty\":12}");
+    let steps = [
+        Step::Pending,
+        Step::Data(b"{\"qty\""),
+        Step::Pending,
+        Step::Pending,
+        Step::Data(b":12}"),
+        Step::Pending,
+    ];
+
+    let response = server.send(scripted_request(&draft, steps)).await;
+
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(body_text(response).await, "orders {\"qty\":12}");
+}
+
+#[tokio::test]
+async fn body_failing_midway_keeps_the_nonce_unused() {
+    let server = Server::new();
+    let draft = Draft::new("POST", "/orders", b"{\"qty\":12}");
+
+    let failed = server
+        .send(scripted_request(
+            &draft,
+            [Step::Data(b"{\"qty\""), Step::Error],
+        ))
+        .await;
+    assert_eq!(failed.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(failed.headers()[CONTENT_TYPE], "application/problem+json");
+    assert_eq!(server.handler_calls(), 0);
+
+    // The sender's retry of the same signed request still goes through.
+    assert_eq!(server.send(draft.request()).await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn future_dropped_midbody_keeps_the_nonce_unused() {
+    let server = Server::new();
+    let draft = Draft::new("POST", "/orders", b"{}");
+    let stalled = server.send(scripted_request(&draft, [Step::Data(b"{"), Step::Stall]));
+
+    let timed_out = tokio::time::timeout(Duration::from_millis(50), stalled).await;
+
+    assert!(timed_out.is_err(), "a stalled body completed");
+    assert_eq!(server.send(draft.request()).await.status(), StatusCode::OK);
+    assert_eq!(server.handler_calls(), 1);
+}
+
+/// A replay store that makes its caller wait a few polls before it calls
+/// a memory store.
+#[derive(Debug)]
+struct SlowStore(MemoryReplayStore);
+
+#[async_trait]
+impl ReplayStore for SlowStore {
+    async fn insert(&self, kid: &str, nonce: &str, ttl: Duration) -> Result<bool, StoreError> {
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+        self.0.insert(kid, nonce, ttl).await
+    }
+}
+
+#[tokio::test]
+async fn slow_custom_store_still_guards_replays() {
+    let clock = ManualClock::new(at(NOW));
+    let store = SlowStore(MemoryReplayStore::with_clock(10, Arc::new(clock.clone())));
+    let layer = VerifyLayer::new(KeyRing::single(key()))
+        .clock(Arc::new(clock.clone()))
+        .replay_store(Arc::new(store));
+    let server = Server::with_layer(clock, layer);
+    let draft = Draft::new("POST", "/orders", b"{}");
+
+    let first = server.send(draft.request()).await;
+    let replay = server.send(draft.request()).await;
+
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_uniform_401(replay).await;
+    assert_eq!(server.handler_calls(), 1);
+}
+
+#[tokio::test]
+async fn full_replay_store_rejects_with_503() {
+    let clock = ManualClock::new(at(NOW));
+    let store = MemoryReplayStore::with_clock(1, Arc::new(clock.clone()));
+    let layer = VerifyLayer::new(KeyRing::single(key()))
+        .clock(Arc::new(clock.clone()))
+        .replay_store(Arc::new(store));
+    let server = Server::with_layer(clock, layer);
+    let first = Draft::new("POST", "/orders", b"{}");
+
+    assert_eq!(server.send(first.request()).await.status(), StatusCode::OK);
+    let second = server
+        .send(Draft::new("POST", "/orders", b"{}").request())
+        .await;
+    let replay = server.send(first.request()).await;
+
+    assert_eq!(second.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_uniform_401(replay).await;
+    assert_eq!(server.layer.metrics().store_errors(), 1);
+}
+
+#[tokio::test]
+async fn inner_service_error_is_passed_through() {
+    let layer = VerifyLayer::new(KeyRing::single(key())).clock(Arc::new(ManualClock::new(at(NOW))));
+    let failing = service_fn(|_: Request<Full<Bytes>>| async {
+        Err::<Response<Full<Bytes>>, BoxError>("handler failed".into())
+    });
+    let service = ServiceBuilder::new().layer(layer).service(failing);
+
+    let error = service
+        .oneshot(Draft::new("GET", "/", b"").request())
+        .await
+        .unwrap_err();
+
+    assert_eq!(error.to_string(), "handler failed");
+}
+
+#[tokio::test]
+async fn inner_service_panic_reaches_the_caller() {
+    let layer = VerifyLayer::new(KeyRing::single(key())).clock(Arc::new(ManualClock::new(at(NOW))));
+    let panicking = service_fn(|_: Request<Full<Bytes>>| async {
+        panic!("handler panicked");
+        #[allow(unreachable_code)]
+        Ok::<Response<Full<Bytes>>, Infallible>(Response::new(Full::new(Bytes::new())))
+    });
+    let service = ServiceBuilder::new().layer(layer).service(panicking);
+
+    let task = tokio::spawn(service.oneshot(Draft::new("GET", "/", b"").request()));
+
+    assert!(task.await.unwrap_err().is_panic());
 }

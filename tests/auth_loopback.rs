@@ -173,3 +173,56 @@ async fn oversized_content_length_over_the_wire_is_413() {
 
     assert_eq!(&status_line[9..12], b"413");
 }
+
+/// Starts a hyper HTTP/1.1 server, without axum, whose service is the
+/// verifying layer over a handler that echoes the key id and body. Each
+/// connection runs in `tokio::spawn`, which requires the layer's response
+/// future to be `Send`.
+async fn start_hyper_server() -> SocketAddr {
+    use std::convert::Infallible;
+
+    use hyper::body::Incoming;
+    use hyper::server::conn::http1;
+    use hyper_util::rt::TokioIo;
+    use tower_courier::auth::KeyId;
+
+    let handler = tower::service_fn(|request: Request<Full<Bytes>>| async move {
+        let kid = request.extensions().get::<KeyId>().unwrap().to_string();
+        let body = request.into_body().collect().await?.to_bytes();
+        let echo = format!("{kid}:{}", String::from_utf8_lossy(&body));
+        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(echo))))
+    });
+    let service = ServiceBuilder::new()
+        .layer(VerifyLayer::new(keys()))
+        .service(handler);
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let service = service.clone();
+            let hyper_service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                service.clone().oneshot(request)
+            });
+            tokio::spawn(
+                http1::Builder::new().serve_connection(TokioIo::new(stream), hyper_service),
+            );
+        }
+    });
+    address
+}
+
+#[tokio::test]
+async fn hyper_server_without_axum_verifies() {
+    let address = start_hyper_server().await;
+    let line = format!("X-Authentication: {}", signed_header(b"{}").await);
+
+    let accepted = send_raw(address, std::slice::from_ref(&line), b"{}").await;
+    let replayed = send_raw(address, std::slice::from_ref(&line), b"{}").await;
+    let unsigned = send_raw(address, &[], b"{}").await;
+
+    assert_eq!(accepted, 200);
+    assert_eq!(replayed, 401);
+    assert_eq!(unsigned, 401);
+}

@@ -109,7 +109,8 @@ impl VerifyLayer {
 
     /// Sets how far `ts` may be from the receiver's clock, in either
     /// direction, counted in whole seconds. Defaults to 300 seconds
-    /// ([`DEFAULT_TOLERANCE`]). Nonces are kept for twice this time.
+    /// ([`DEFAULT_TOLERANCE`]). Nonces are kept for at least twice this
+    /// time, and until their `ts` is out of the window.
     pub fn tolerance(mut self, tolerance: Duration) -> Self {
         self.config.tolerance = tolerance;
         self
@@ -238,7 +239,8 @@ pin_project! {
     where
         S: Service<Request<Full<Bytes>>>,
     {
-        // A response the layer made itself. `None` once taken.
+        // A response the layer made itself. `None` once any response has
+        // been returned.
         Respond {
             response: Option<Response<ResponseBody<ResBody>>>,
         },
@@ -294,7 +296,9 @@ where
         loop {
             let step = match state.as_mut().project() {
                 StateProj::Respond { response } => {
-                    let response = response.take().expect("future polled after completion");
+                    let response = response
+                        .take()
+                        .expect("`ResponseFuture` polled after completion");
                     return Poll::Ready(Ok(response));
                 }
                 StateProj::Collect { body, pending } => {
@@ -308,8 +312,12 @@ where
                     pending.finish(inserted, bytes)
                 }
                 StateProj::Call { future } => {
-                    let response = ready!(future.poll(cx))?;
-                    return Poll::Ready(Ok(response.map(ResponseBody::inner)));
+                    // A finished inner future is not polled again, because
+                    // some return `Pending` forever then. An empty `Respond`
+                    // panics on the next poll instead.
+                    let output = ready!(future.poll(cx));
+                    state.set(State::Respond { response: None });
+                    return Poll::Ready(output.map(|response| response.map(ResponseBody::inner)));
                 }
             };
             state.set(step);
@@ -435,17 +443,29 @@ fn check_header(config: &Config, headers: &HeaderMap) -> Result<Checked, RejectR
     })
 }
 
-/// Returns whole seconds since the Unix epoch, 0 for an earlier time.
-fn unix_seconds(now: SystemTime) -> u64 {
-    now.duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_secs())
+/// Returns whole seconds since the Unix epoch, rounded down, so negative
+/// before it. A clock set before 1970 must not read as the epoch itself,
+/// where every `ts` up to the tolerance would pass.
+fn unix_seconds(now: SystemTime) -> i128 {
+    match now.duration_since(UNIX_EPOCH) {
+        Ok(after) => i128::from(after.as_secs()),
+        Err(before) => {
+            let before = before.duration();
+            let whole = i128::from(before.as_secs());
+            if before.subsec_nanos() == 0 {
+                -whole
+            } else {
+                -whole - 1
+            }
+        }
+    }
 }
 
 /// Returns `now - ts` in seconds: positive for a request from the past.
 /// Both fit in `i128` with room to spare, so the difference cannot
 /// overflow.
-fn clock_skew(now: u64, ts: u64) -> i128 {
-    i128::from(now) - i128::from(ts)
+fn clock_skew(now: i128, ts: u64) -> i128 {
+    now - i128::from(ts)
 }
 
 fn saturate(skew: i128) -> i64 {
@@ -497,11 +517,10 @@ where
         }
 
         let header = &self.checked.header;
-        let ttl = self.config.tolerance.saturating_mul(2);
+        let ttl = self.replay_ttl();
         match &self.config.replay {
-            // Keeping the pair for `ttl` from the time `ts` was checked
-            // against covers every later time at which the same `ts` would
-            // pass that check again.
+            // The memory store counts `ttl` from the time `ts` was checked,
+            // and a custom store from its own insert, which comes later.
             Replay::Default(store) => {
                 let inserted = store.insert_at(header.kid(), header.nonce(), ttl, self.checked.now);
                 self.finish(inserted, bytes)
@@ -518,6 +537,31 @@ where
                 }
             }
         }
+    }
+
+    /// Returns how long to keep the (`kid`, `nonce`) pair from the time
+    /// `ts` was checked: `2 x tolerance`, and longer if `ts` would still
+    /// pass the check after that.
+    ///
+    /// The check compares whole seconds, so `ts` passes until just before
+    /// `ts + tolerance + 1`. A `ts` up to `tolerance` ahead of the check
+    /// time therefore passes for up to `2 x tolerance + 1` seconds.
+    fn replay_ttl(&self) -> Duration {
+        let kept = self.config.tolerance.saturating_mul(2);
+        let window_end = self
+            .checked
+            .header
+            .timestamp()
+            .checked_add(self.config.tolerance.as_secs())
+            .and_then(|seconds| seconds.checked_add(1))
+            .and_then(|seconds| UNIX_EPOCH.checked_add(Duration::from_secs(seconds)));
+        let until_window_end = match window_end {
+            Some(end) => end
+                .duration_since(self.checked.now)
+                .unwrap_or(Duration::ZERO),
+            None => Duration::MAX,
+        };
+        kept.max(until_window_end)
     }
 
     fn signature_matches(&self, bytes: &[u8]) -> bool {
@@ -653,7 +697,29 @@ mod tests {
     #[test]
     fn skew_is_exact_at_the_extremes() {
         assert_eq!(clock_skew(0, 99_999_999_999), -99_999_999_999);
-        assert_eq!(clock_skew(u64::MAX, 1), i128::from(u64::MAX) - 1);
+        assert_eq!(
+            clock_skew(i128::from(u64::MAX), 1),
+            i128::from(u64::MAX) - 1
+        );
+        assert_eq!(
+            clock_skew(-i128::from(u64::MAX), 99_999_999_999),
+            -i128::from(u64::MAX) - 99_999_999_999
+        );
         assert_eq!(saturate(i128::from(u64::MAX)), i64::MAX);
+    }
+
+    #[test]
+    fn unix_seconds_round_down_before_1970() {
+        let cases = [
+            (UNIX_EPOCH, 0),
+            (UNIX_EPOCH + Duration::from_millis(1_500), 1),
+            (UNIX_EPOCH - Duration::from_millis(500), -1),
+            (UNIX_EPOCH - Duration::from_secs(2), -2),
+            (UNIX_EPOCH - Duration::from_millis(2_001), -3),
+        ];
+
+        for (time, seconds) in cases {
+            assert_eq!(unix_seconds(time), seconds, "{time:?}");
+        }
     }
 }
