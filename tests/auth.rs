@@ -725,7 +725,7 @@ async fn replay_store_failure_is_503() {
 }
 
 #[tokio::test]
-async fn layers_sharing_a_replay_store_reject_each_others_nonces() {
+async fn shared_replay_store_spans_layers() {
     let clock = ManualClock::new(at(NOW));
     let shared: Arc<dyn ReplayStore> =
         Arc::new(MemoryReplayStore::with_clock(100, Arc::new(clock.clone())));
