@@ -32,7 +32,8 @@ use crate::store::{ReplayStore, StoreError};
 pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
 
 /// Verifies the `X-Authentication` header of every request, and passes the
-/// authenticated [`KeyId`] to the inner service in the request extensions.
+/// authenticated [`KeyId`](super::KeyId) to the inner service in the
+/// request extensions.
 ///
 /// The checks run in the protocol's order: one header field, its grammar,
 /// a key valid now, `ts` within the tolerance, then the body is read up to
