@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use axum::routing::post;
 use axum::{Extension, Router};
 use bytes::Bytes;
-use http::StatusCode;
+use http::{HeaderMap, StatusCode};
 use tokio::net::TcpListener;
 use tower_courier::auth::{Key, KeyId, KeyRing, VerifyLayer};
 
@@ -44,9 +44,12 @@ async fn start_server() -> (SocketAddr, Arc<AtomicUsize>) {
     let keys = KeyRing::single(Key::from_base64("orders", SECRET).unwrap());
     let calls = Arc::new(AtomicUsize::new(0));
     let counter = calls.clone();
-    let handler = move |Extension(kid): Extension<KeyId>, body: Bytes| async move {
+    let handler = move |Extension(kid): Extension<KeyId>, headers: HeaderMap, body: Bytes| async move {
         counter.fetch_add(1, Ordering::SeqCst);
-        let text = format!("accepted for {kid}: {}", String::from_utf8_lossy(&body));
+        let mut text = format!("accepted for {kid}: {}", String::from_utf8_lossy(&body));
+        if let Some(key) = headers.get("idempotency-key") {
+            text.push_str(&format!(" with key {}", key.to_str().unwrap()));
+        }
         (StatusCode::CREATED, text)
     };
     let app = Router::new()
@@ -73,6 +76,10 @@ async fn run_recipe(address: SocketAddr, secret: &str, prelude: &str) -> Output 
             .env("URL", url)
             .env("KID", "orders")
             .env("SECRET", secret)
+            .env_remove("METHOD")
+            .env_remove("TARGET")
+            .env_remove("BODY")
+            .env_remove("IDEMPOTENCY_KEY")
             .output()
             .expect("bash runs")
     })
@@ -115,6 +122,20 @@ async fn recipe_is_accepted_by_the_handler() {
         stdout.contains(r#"accepted for orders: {"sku":"A-1","qty":2}"#),
         "{stdout}"
     );
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn recipe_sends_target_and_idempotency_key() {
+    require_tools();
+    let (address, calls) = start_server().await;
+
+    let settings = "TARGET='/orders?source=env'; IDEMPOTENCY_KEY=retry-1";
+    let output = run_recipe(address, SECRET, settings).await;
+
+    assert_eq!(status_line(&output), "HTTP/1.1 201 Created");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("with key retry-1"), "{stdout}");
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
 

@@ -70,7 +70,7 @@ impl SignLayer {
     }
 
     /// Sets the largest body the layer buffers and signs, in bytes.
-    /// Defaults to 2 MiB ([`DEFAULT_BODY_LIMIT`](super::DEFAULT_BODY_LIMIT)).
+    /// Defaults to 2 MiB ([`DEFAULT_BODY_LIMIT`]).
     pub fn body_limit(mut self, limit: usize) -> Self {
         self.config.body_limit = limit;
         self

@@ -118,7 +118,7 @@ impl VerifyLayer {
     }
 
     /// Sets the largest accepted body in bytes. Defaults to 2 MiB
-    /// ([`DEFAULT_BODY_LIMIT`](super::DEFAULT_BODY_LIMIT)).
+    /// ([`DEFAULT_BODY_LIMIT`]).
     pub fn body_limit(mut self, limit: usize) -> Self {
         self.config.body_limit = limit;
         self
