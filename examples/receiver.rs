@@ -23,9 +23,10 @@ mod common;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use http::StatusCode;
 use tokio::net::TcpListener;
 use tower_courier::BoxError;
@@ -70,9 +71,19 @@ struct Options {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), BoxError> {
+async fn main() -> ExitCode {
     common::init_logging();
     let options = Options::parse();
+    match run(options).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {}", common::error_chain(error.as_ref()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(options: Options) -> Result<(), BoxError> {
     let keys = common::read_keys(&options.keys, None)?;
     let (store, ledger) = open_store(&options.store).await?;
     let seed = options.seed.unwrap_or_else(rand::random);
@@ -88,16 +99,30 @@ async fn main() -> Result<(), BoxError> {
     };
     let receiver = build(config, &store, ledger);
 
-    let listener = TcpListener::bind(options.listen).await?;
+    let listener = TcpListener::bind(options.listen)
+        .await
+        .map_err(|error| format!("cannot listen on {}: {error}", options.listen))?;
     println!("listening on {}", listener.local_addr()?);
     std::io::stdout().flush()?;
+    let mode = options
+        .mode
+        .to_possible_value()
+        .expect("every mode has a name");
     eprintln!(
-        "mode {:?}, store {}, fault seed {seed}",
-        options.mode,
+        "mode {}, store {}, fault seed {seed}",
+        mode.get_name(),
         common::redacted(&options.store)
     );
 
-    axum::serve(listener, receiver.router).await?;
+    axum::serve(listener, receiver.router)
+        .with_graceful_shutdown(common::shutdown_signal())
+        .await?;
+    // Running commands finish within the worker's grace period; the rest
+    // are released for the next start.
+    if let Some(workers) = receiver.workers {
+        workers.shutdown().await;
+    }
+    eprintln!("stopped");
     Ok(())
 }
 

@@ -109,9 +109,19 @@ struct Summary {
 }
 
 #[tokio::main]
-async fn main() -> Result<ExitCode, BoxError> {
+async fn main() -> ExitCode {
     common::init_logging();
     let options = Options::parse();
+    match run(options).await {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {}", common::error_chain(error.as_ref()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(options: Options) -> Result<ExitCode, BoxError> {
     let keys = common::read_keys(&options.keys, options.kid.as_deref())?;
     let store = Store::connect(&options.store).await.map_err(|error| {
         let store = common::redacted(&options.store);

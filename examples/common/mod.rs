@@ -28,6 +28,52 @@ pub fn init_logging() {
         .init();
 }
 
+/// Formats an error and its sources on one line, outermost first.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        // Some errors repeat their source's text in their own message.
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// Resolves on Ctrl-C or SIGTERM, so that the examples stop serving
+/// gracefully.
+pub async fn shutdown_signal() {
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate_signal() => {}
+    }
+    eprintln!("stopping: finishing open requests");
+}
+
+#[cfg(unix)]
+async fn terminate_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+
+    match signal(SignalKind::terminate()) {
+        Ok(mut stream) => {
+            stream.recv().await;
+        }
+        Err(error) => {
+            eprintln!("cannot listen for SIGTERM: {error}");
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn terminate_signal() {
+    std::future::pending::<()>().await;
+}
+
 /// Returns the retry schedule of the examples' dispatcher and command
 /// workers: delays drawn from 100 ms up to a ceiling that starts at 250 ms and
 /// doubles to 4 s, for at most 40 attempts. A message is retried through
@@ -54,8 +100,13 @@ pub const EXAMPLE_LEASE: Duration = Duration::from_secs(5);
 ///
 /// Fails when the file cannot be read or parsed, or names no key `kid`.
 pub fn read_keys(path: &Path, kid: Option<&str>) -> Result<KeyRing, BoxError> {
-    let ring = KeyRing::read_key_file(path)
-        .map_err(|error| format!("invalid key file {}: {error}", path.display()))?;
+    let ring = KeyRing::read_key_file(path).map_err(|error| {
+        format!(
+            "invalid key file {}: {}",
+            path.display(),
+            error_chain(&error)
+        )
+    })?;
     let Some(kid) = kid else {
         return Ok(ring);
     };
