@@ -92,3 +92,37 @@ impl Clock for ManualClock {
         *self.lock()
     }
 }
+
+/// The direction in which [`unix_millis`] rounds a time between two
+/// whole milliseconds.
+pub(crate) enum Rounding {
+    Up,
+    Down,
+}
+
+/// Returns whole milliseconds since the Unix epoch, negative for an
+/// earlier time, so that a clock set before 1970 still orders times.
+pub(crate) fn unix_millis(time: SystemTime, rounding: Rounding) -> i64 {
+    match time.duration_since(UNIX_EPOCH) {
+        Ok(after) => whole_millis(after, rounding),
+        Err(before) => {
+            // Rounding a negative time up means rounding its magnitude down.
+            let magnitude = match rounding {
+                Rounding::Up => Rounding::Down,
+                Rounding::Down => Rounding::Up,
+            };
+            -whole_millis(before.duration(), magnitude)
+        }
+    }
+}
+
+/// Returns `duration` in whole milliseconds, saturating at `i64::MAX`.
+fn whole_millis(duration: Duration, rounding: Rounding) -> i64 {
+    let millis = i64::try_from(duration.as_millis()).unwrap_or(i64::MAX);
+    match rounding {
+        Rounding::Up if !duration.subsec_nanos().is_multiple_of(1_000_000) => {
+            millis.saturating_add(1)
+        }
+        _ => millis,
+    }
+}

@@ -15,7 +15,7 @@ const MAX_TS_DIGITS: usize = 11;
 const MAX_KID_LEN: usize = 64;
 const MAX_NONCE_LEN: usize = 64;
 
-/// The most bytes that `kid`, `ts` and `nonce` take together.
+/// The maximum length of `kid`, `ts` and `nonce` together, in bytes.
 const MAX_TEXT_LEN: usize = MAX_KID_LEN + MAX_TS_DIGITS + MAX_NONCE_LEN;
 
 /// The length of a signature in standard base64 with padding.

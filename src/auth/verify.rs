@@ -24,7 +24,7 @@ use super::rejection::{AuthMetrics, RejectReason, unauthorized};
 use super::{DEFAULT_BODY_LIMIT, HEADER_NAME};
 use crate::BoxError;
 use crate::body::{CollectError, CollectLimited, ResponseBody, collect_limited, problem};
-use crate::clock::{self, SharedClock};
+use crate::clock::{self, Rounding, SharedClock, unix_millis};
 use crate::store::memory::MemoryReplayStore;
 use crate::store::{ReplayStore, StoreError};
 
@@ -216,6 +216,8 @@ impl<S: fmt::Debug> fmt::Debug for Verify<S> {
     }
 }
 
+const POLLED_AFTER_COMPLETION: &str = "`ResponseFuture` polled after completion";
+
 type VerifyResult<B, E> = Result<Response<ResponseBody<B>>, E>;
 
 pin_project! {
@@ -297,19 +299,17 @@ where
         loop {
             let step = match state.as_mut().project() {
                 StateProj::Respond { response } => {
-                    let response = response
-                        .take()
-                        .expect("`ResponseFuture` polled after completion");
+                    let response = response.take().expect(POLLED_AFTER_COMPLETION);
                     return Poll::Ready(Ok(response));
                 }
                 StateProj::Collect { body, pending } => {
                     let body = ready!(body.poll(cx));
-                    let pending = pending.take().expect("future polled after completion");
+                    let pending = pending.take().expect(POLLED_AFTER_COMPLETION);
                     pending.check_body(body)
                 }
                 StateProj::Replay { insert, pending } => {
                     let inserted = ready!(insert.as_mut().poll(cx));
-                    let (pending, bytes) = pending.take().expect("future polled after completion");
+                    let (pending, bytes) = pending.take().expect(POLLED_AFTER_COMPLETION);
                     pending.finish(inserted, bytes)
                 }
                 StateProj::Call { future } => {
@@ -448,18 +448,7 @@ fn check_header(config: &Config, headers: &HeaderMap) -> Result<Checked, RejectR
 /// before it. A clock set before 1970 must not read as the epoch itself,
 /// where every `ts` up to the tolerance would pass.
 fn unix_seconds(now: SystemTime) -> i128 {
-    match now.duration_since(UNIX_EPOCH) {
-        Ok(after) => i128::from(after.as_secs()),
-        Err(before) => {
-            let before = before.duration();
-            let whole = i128::from(before.as_secs());
-            if before.subsec_nanos() == 0 {
-                -whole
-            } else {
-                -whole - 1
-            }
-        }
-    }
+    i128::from(unix_millis(now, Rounding::Down).div_euclid(1000))
 }
 
 /// Returns `now - ts` in seconds: positive for a request from the past.
@@ -548,7 +537,7 @@ where
     /// `ts + tolerance + 1`. A `ts` up to `tolerance` ahead of the check
     /// time therefore passes for up to `2 x tolerance + 1` seconds.
     fn replay_ttl(&self) -> Duration {
-        let kept = self.config.tolerance.saturating_mul(2);
+        let twice_tolerance = self.config.tolerance.saturating_mul(2);
         let window_end = self
             .checked
             .header
@@ -562,7 +551,7 @@ where
                 .unwrap_or(Duration::ZERO),
             None => Duration::MAX,
         };
-        kept.max(until_window_end)
+        twice_tolerance.max(until_window_end)
     }
 
     fn signature_matches(&self, bytes: &[u8]) -> bool {

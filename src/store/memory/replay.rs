@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 
 use super::digest::{Digest64Map, Digester};
-use crate::clock::{self, SharedClock};
+use crate::clock::{self, Rounding, SharedClock, unix_millis};
 use crate::store::{ReplayStore, StoreError, StoreErrorKind};
 
 /// A bounded, in-process [`ReplayStore`].
@@ -88,8 +88,8 @@ impl MemoryReplayStore {
         // kept at least `ttl` and at most a millisecond longer.
         let expires_at = now
             .checked_add(ttl)
-            .map_or(i64::MAX, |expiry| millis_since_epoch(expiry, Rounding::Up));
-        let now = millis_since_epoch(now, Rounding::Down);
+            .map_or(i64::MAX, |expiry| unix_millis(expiry, Rounding::Up));
+        let now = unix_millis(now, Rounding::Down);
         let mut pairs = self.lock();
         let full = pairs.len() >= self.capacity;
 
@@ -141,38 +141,6 @@ impl Default for MemoryReplayStore {
 impl ReplayStore for MemoryReplayStore {
     async fn insert(&self, kid: &str, nonce: &str, ttl: Duration) -> Result<bool, StoreError> {
         self.insert_at(kid, nonce, ttl, self.clock.now())
-    }
-}
-
-enum Rounding {
-    Up,
-    Down,
-}
-
-/// Returns whole milliseconds since the Unix epoch, negative for an
-/// earlier time, so that a clock set before 1970 still orders expiries.
-fn millis_since_epoch(time: SystemTime, rounding: Rounding) -> i64 {
-    match time.duration_since(std::time::UNIX_EPOCH) {
-        Ok(after) => whole_millis(after, rounding),
-        Err(before) => {
-            // Rounding a negative time up means rounding its magnitude down.
-            let magnitude = match rounding {
-                Rounding::Up => Rounding::Down,
-                Rounding::Down => Rounding::Up,
-            };
-            -whole_millis(before.duration(), magnitude)
-        }
-    }
-}
-
-/// Returns `duration` in whole milliseconds, saturating at `i64::MAX`.
-fn whole_millis(duration: Duration, rounding: Rounding) -> i64 {
-    let millis = i64::try_from(duration.as_millis()).unwrap_or(i64::MAX);
-    match rounding {
-        Rounding::Up if !duration.subsec_nanos().is_multiple_of(1_000_000) => {
-            millis.saturating_add(1)
-        }
-        _ => millis,
     }
 }
 
